@@ -1,0 +1,27 @@
+"""tacitbayes: Bayesian deep learning that keeps what plain training gets right."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from tacitbayes import data, metrics, models  # noqa: E402
+from tacitbayes.errors import (  # noqa: E402
+    DataError,
+    InputError,
+    TacitBayesError,
+    TrainingDivergedError,
+)
+from tacitbayes.training import TrainConfig, train_map  # noqa: E402
+
+__all__ = [
+    "DataError",
+    "InputError",
+    "TacitBayesError",
+    "TrainConfig",
+    "TrainingDivergedError",
+    "__version__",
+    "data",
+    "metrics",
+    "models",
+    "train_map",
+]

@@ -1,0 +1,1 @@
+"""One module per CLI sub-command: thin wiring of the library into experiments and reports."""

@@ -1,0 +1,216 @@
+"""``tacitbayes compare``: train MAP once, fit each method, evaluate all, write the report."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import tacitbayes
+from tacitbayes import plots
+from tacitbayes.data import DataBundle, load_dataset
+from tacitbayes.errors import InputError
+from tacitbayes.experiments.evaluate import evaluate_predictor
+from tacitbayes.experiments.methods import FitContext, get_method
+from tacitbayes.io import write_json, write_text
+from tacitbayes.models import build_model
+from tacitbayes.training import TrainConfig, train_map
+
+DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 10, "mnist": 10}
+TABLE_COLUMNS = ("accuracy", "nll", "ece", "brier", "ood_auroc", "shift_accuracy", "fit_seconds")
+
+
+@dataclass
+class CompareSettings:
+    """Everything that defines one ``compare`` run."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    methods: tuple[str, ...] = ("map",)
+    epochs: int | None = None
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    n_samples: int = 32
+    n_train: int | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    ood_data_dir: str | None = None
+    checkpoint: str | None = None
+    resume: bool = False
+    out: str | None = None
+    progress: bool = True
+
+    def train_config(self) -> TrainConfig:
+        """The MAP training settings of this run."""
+        epochs = self.epochs if self.epochs is not None else DEFAULT_EPOCHS.get(self.dataset, 10)
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+
+def _load_weights(model: torch.nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise InputError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(
+            state["model"] if isinstance(state, dict) and "model" in state else state
+        )
+    except (RuntimeError, KeyError, ValueError, OSError, TypeError) as exc:
+        raise InputError(f"checkpoint {path} does not fit this model: {exc}") from exc
+
+
+def _prepare(settings: CompareSettings) -> tuple[DataBundle, torch.nn.Module, TrainConfig, list]:
+    """Check every input before anything is written: data, model, methods, training settings."""
+    factories = [(name, get_method(name)) for name in settings.methods]
+    if not factories:
+        raise InputError("no methods given")
+    config = settings.train_config()
+    config.validate()
+    if settings.n_samples < 1:
+        raise InputError(f"n_samples must be at least 1, got {settings.n_samples}")
+    data = load_dataset(
+        settings.dataset,
+        settings.data_dir,
+        seed=settings.seed,
+        n_train=settings.n_train,
+        ood_data_dir=settings.ood_data_dir,
+    )
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model, data.input_shape, data.n_classes, **settings.model_options)
+    if settings.checkpoint is not None:
+        _load_weights(model, settings.checkpoint)
+    return data, model, config, factories
+
+
+def _report(results: dict[str, Any], settings: CompareSettings) -> str:
+    lines = [
+        f"# tacitbayes compare: {results['dataset']} / {results['model']}",
+        "",
+        f"{results['n_params']:,} parameters; OOD set: {results['ood_dataset']}; "
+        f"shift: test set rotated by {', '.join(results['shift_angles'])} degrees (mean accuracy).",
+        "",
+        "| method | " + " | ".join(TABLE_COLUMNS) + " |",
+        "|---" * (len(TABLE_COLUMNS) + 1) + "|",
+    ]
+    for name, row in results["methods"].items():
+        cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) else "-" for c in TABLE_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Settings",
+        "",
+        "```",
+        *(f"{k}: {v}" for k, v in asdict(settings).items()),
+        "```",
+    ]
+    lines += ["", "## Versions", "", *(f"- {k}: {v}" for k, v in results["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as a fixed-width text table for the terminal."""
+    header = f"{'method':<20}" + "".join(f"{c:>16}" for c in TABLE_COLUMNS)
+    rows = [header, "-" * len(header)]
+    for name, row in results["methods"].items():
+        cells = "".join(
+            f"{row[c]:>16.4f}" if isinstance(row.get(c), float) else f"{'-':>16}"
+            for c in TABLE_COLUMNS
+        )
+        rows.append(f"{name:<20}{cells}")
+    return "\n".join(rows)
+
+
+def run_compare(settings: CompareSettings) -> dict[str, Any]:
+    """Train (or load) the MAP network, fit and evaluate each method, write results to ``out``."""
+    data, model, config, factories = _prepare(settings)
+    out = Path(settings.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    train_seconds = 0.0
+    history: list[dict[str, float]] = []
+    if settings.checkpoint is None:
+        start = time.perf_counter()
+        trained = train_map(
+            model,
+            data.train,
+            config,
+            val_set=data.val,
+            checkpoint=out / "map.pt",
+            resume=settings.resume,
+        )
+        train_seconds, history = time.perf_counter() - start, trained.history
+    model.eval()
+    ctx = FitContext(
+        model=model,
+        data=data,
+        train_config=config,
+        model_name=settings.model,
+        model_options=dict(settings.model_options),
+        n_samples=settings.n_samples,
+        seed=settings.seed,
+        progress=settings.progress,
+    )
+    methods: dict[str, dict[str, Any]] = {}
+    test_probs = {}
+    for name, factory in tqdm(
+        factories, desc="methods", disable=not settings.progress or None, leave=False
+    ):
+        torch.manual_seed(settings.seed)
+        start = time.perf_counter()
+        predictor = factory(ctx)
+        fit_seconds = time.perf_counter() - start
+        row, test_probs[name] = evaluate_predictor(predictor, data)
+        row["fit_seconds"] = train_seconds if name == "map" else fit_seconds
+        row.update(predictor.info)
+        methods[name] = row
+    results = {
+        "dataset": data.name,
+        "model": settings.model,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "ood_dataset": data.ood_name,
+        "shift_angles": [f"{a:g}" for a in data.angles],
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "train_history": history,
+        "methods": methods,
+        "settings": {k: v for k, v in asdict(settings).items()},
+        "versions": {
+            "tacitbayes": tacitbayes.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    y_test = data.test.tensors[1]
+    plots.reliability_diagram(
+        {name: (p, y_test) for name, p in test_probs.items()},
+        out / "reliability.png",
+        title=f"{data.name} / {settings.model}: reliability",
+    )
+    plots.line_plot(
+        {
+            name: ([float(a) for a in row["shift"]], [s["accuracy"] for s in row["shift"].values()])
+            for name, row in methods.items()
+        },
+        out / "shift.png",
+        xlabel="rotation (degrees)",
+        ylabel="test accuracy",
+        title=f"{data.name} / {settings.model}: rotation shift",
+    )
+    write_text(out / "report.md", _report(results, settings))
+    write_json(out / "results.json", results)
+    results["out"] = str(out)
+    return results

@@ -1,0 +1,92 @@
+"""The registry of methods that ``tacitbayes compare`` evaluates.
+
+A method is a factory ``fit(ctx) -> Predictor``: it receives the trained MAP
+network and the data, fits whatever it needs, and returns an object whose
+``predict(x)`` gives class probabilities. Adding a method to ``compare`` is
+one ``@register_method("name")`` on such a factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from tacitbayes.data import DataBundle
+from tacitbayes.errors import InputError
+from tacitbayes.training import TrainConfig
+
+
+@dataclass
+class FitContext:
+    """Everything a method may use: the MAP network, the data and the run's settings."""
+
+    model: nn.Module
+    data: DataBundle
+    train_config: TrainConfig
+    model_name: str
+    model_options: dict[str, Any] = field(default_factory=dict)
+    n_samples: int = 32
+    seed: int = 0
+    progress: bool = True
+
+
+class Predictor(Protocol):
+    """A fitted method: class probabilities for a batch of inputs, plus figures to report."""
+
+    info: dict[str, Any]
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of shape (len(x), n_classes)."""
+        ...
+
+
+MethodFactory = Callable[[FitContext], Predictor]
+_REGISTRY: dict[str, MethodFactory] = {}
+
+
+def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator that makes ``factory`` available to ``compare`` under ``name``."""
+
+    def decorate(factory: MethodFactory) -> MethodFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def available_methods() -> list[str]:
+    """Names of the registered methods, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> MethodFactory:
+    """The factory registered under ``name``; InputError listing the names otherwise."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    return _REGISTRY[name]
+
+
+class NetworkPredictor:
+    """Softmax of a deterministic network's logits."""
+
+    def __init__(self, model: nn.Module, info: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.info = info or {}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(f(θ, x))."""
+        self.model.eval()
+        return torch.softmax(self.model(x), dim=-1)
+
+
+@register_method("map")
+def fit_map(ctx: FitContext) -> Predictor:
+    """The trained network itself (the maximum a posteriori weights)."""
+    return NetworkPredictor(ctx.model)
