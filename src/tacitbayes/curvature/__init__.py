@@ -1,0 +1,42 @@
+"""Matrix-free curvature of a network: Jacobian, GGN, Hessian operators and spectral estimates."""
+
+from __future__ import annotations
+
+from tacitbayes.curvature.losses import Loss, get_loss
+from tacitbayes.curvature.operators import (
+    GGN,
+    DenseOperator,
+    Hessian,
+    Jacobian,
+    LinearOperator,
+    ggn_diagonal,
+)
+from tacitbayes.curvature.spectral import (
+    DiagonalEstimate,
+    EigenResult,
+    PowerResult,
+    TraceEstimate,
+    hutchinson_diagonal,
+    hutchinson_trace,
+    power_iteration,
+    top_eigenvalues,
+)
+
+__all__ = [
+    "GGN",
+    "DenseOperator",
+    "DiagonalEstimate",
+    "EigenResult",
+    "PowerResult",
+    "TraceEstimate",
+    "Hessian",
+    "Jacobian",
+    "LinearOperator",
+    "Loss",
+    "get_loss",
+    "ggn_diagonal",
+    "hutchinson_diagonal",
+    "hutchinson_trace",
+    "power_iteration",
+    "top_eigenvalues",
+]

@@ -1,0 +1,162 @@
+"""Per-example losses ℓ(f, y) on network outputs f ∈ R^O and their output-Hessians Λ = ∂²ℓ/∂f².
+
+Two losses are provided:
+
+* ``"cross_entropy"``: ℓ = −log softmax(f)_y for an integer class ``y`` ∈ {0, …, O−1};
+  Λ = diag(p) − p pᵀ with p = softmax(f).  Square-root factor S (Λ = S Sᵀ) has the
+  O columns √p_c (e_c − p).
+* ``"mse"``: ℓ = ½‖f − y‖² (no 1/O factor, summed over outputs); Λ = I, S = I.  The target
+  has the shape of f.  An integer class vector y of shape (N,) with O > 1 is one-hot encoded;
+  a real vector of shape (N,) with O = 1 is read as shape (N, 1).
+
+All functions act on a batch: ``f`` has shape (N, O) (``hessian_matvec`` broadcasts over
+leading dimensions of ``u``) and return per-example values; reductions over examples are
+the caller's job.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from tacitbayes.errors import InputError
+
+__all__ = ["LOSSES", "CrossEntropyLoss", "Loss", "MSELoss", "get_loss"]
+
+
+class Loss(ABC):
+    """A twice-differentiable per-example loss ℓ(f, y) with a positive semi-definite output-Hessian."""
+
+    name: str = ""
+
+    @abstractmethod
+    def prepare_target(self, y: Tensor, n: int, o: int, dtype: torch.dtype) -> Tensor:
+        """Check ``y`` against outputs of shape (n, o) and convert it to the form ``value`` expects."""
+
+    @abstractmethod
+    def value(self, f: Tensor, y: Tensor) -> Tensor:
+        """Per-example losses ℓ(f_n, y_n), shape (N,)."""
+
+    @abstractmethod
+    def hessian_matvec(self, f: Tensor, y: Tensor, u: Tensor) -> Tensor:
+        """Λ_n u_n for every example; ``u`` has shape (..., N, O) and broadcasts against f."""
+
+    @abstractmethod
+    def hessian_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
+        """A factor S_n of shape (O, C) per example with Λ_n = S_n S_nᵀ; returns (N, O, C)."""
+
+    def hessian(self, f: Tensor, y: Tensor) -> Tensor:
+        """The dense output-Hessians Λ_n, shape (N, O, O)."""
+        s = self.hessian_sqrt(f, y)
+        return s @ s.transpose(-1, -2)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _check_batch(y: Tensor, n: int) -> None:
+    if not isinstance(y, Tensor):
+        raise InputError(f"targets must be a Tensor, got {type(y).__name__}")
+    if y.ndim == 0 or y.shape[0] != n:
+        raise InputError(f"targets have shape {tuple(y.shape)} but the batch has {n} examples")
+
+
+def _check_classes(y: Tensor, n: int, o: int, loss: str) -> None:
+    if y.ndim != 1:
+        raise InputError(
+            f"{loss}: integer class targets must have shape ({n},), got {tuple(y.shape)}"
+        )
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= o):
+        raise InputError(
+            f"{loss}: class targets must lie in [0, {o - 1}] for {o} outputs, "
+            f"got values in [{int(y.min())}, {int(y.max())}]"
+        )
+
+
+class CrossEntropyLoss(Loss):
+    """ℓ = −log softmax(f)_y = logsumexp(f) − f_y; Λ = diag(p) − p pᵀ."""
+
+    name = "cross_entropy"
+
+    def prepare_target(self, y: Tensor, n: int, o: int, dtype: torch.dtype) -> Tensor:
+        """Require integer class labels of shape (n,) in [0, o)."""
+        _check_batch(y, n)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise InputError(f"cross_entropy needs integer class labels, got dtype {y.dtype}")
+        _check_classes(y, n, o, "cross_entropy")
+        return y.long()
+
+    def value(self, f: Tensor, y: Tensor) -> Tensor:
+        """ℓ_n = logsumexp(f_n) − f_n[y_n]."""
+        return torch.logsumexp(f, dim=-1) - f.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+    def hessian_matvec(self, f: Tensor, y: Tensor, u: Tensor) -> Tensor:
+        """Λu = p ⊙ u − p (pᵀu)."""
+        p = torch.softmax(f, dim=-1)
+        return p * u - p * (p * u).sum(-1, keepdim=True)
+
+    def hessian_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
+        """S[:, :, c] = √p_c (e_c − p), so that S Sᵀ = diag(p) − p pᵀ (uses Σ_c p_c = 1)."""
+        p = torch.softmax(f, dim=-1)
+        eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+        # (eye - p[..., :, None])[..., o, c] = δ_oc − p_o ; scale column c by √p_c.
+        return (eye - p.unsqueeze(-1)) * p.sqrt().unsqueeze(-2)
+
+    def hessian(self, f: Tensor, y: Tensor) -> Tensor:
+        """Λ = diag(p) − p pᵀ."""
+        p = torch.softmax(f, dim=-1)
+        return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+
+
+class MSELoss(Loss):
+    """ℓ = ½‖f − y‖²; Λ = I."""
+
+    name = "mse"
+
+    def prepare_target(self, y: Tensor, n: int, o: int, dtype: torch.dtype) -> Tensor:
+        """Accept y of shape (n, o); (n,) reals when o = 1; (n,) integer classes one-hot when o > 1."""
+        _check_batch(y, n)
+        if y.dtype == torch.bool or y.is_complex():
+            raise InputError(f"mse needs real or integer targets, got dtype {y.dtype}")
+        if y.ndim == 1 and not y.is_floating_point() and o > 1:
+            _check_classes(y, n, o, "mse")
+            return torch.nn.functional.one_hot(y.long(), o).to(dtype)
+        if y.ndim == 1 and o == 1:
+            y = y.unsqueeze(-1)
+        if tuple(y.shape) != (n, o):
+            raise InputError(
+                f"mse targets must have the output shape ({n}, {o}) (or be integer classes of "
+                f"shape ({n},)), got {tuple(y.shape)}"
+            )
+        return y.to(dtype)
+
+    def value(self, f: Tensor, y: Tensor) -> Tensor:
+        """ℓ_n = ½ Σ_o (f_no − y_no)²."""
+        return 0.5 * (f - y).square().sum(-1)
+
+    def hessian_matvec(self, f: Tensor, y: Tensor, u: Tensor) -> Tensor:
+        """Λu = u."""
+        return u
+
+    def hessian_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
+        """S = I (one column per output)."""
+        eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
+        return eye.expand(*f.shape[:-1], -1, -1)
+
+    def hessian(self, f: Tensor, y: Tensor) -> Tensor:
+        """Λ = I."""
+        return self.hessian_sqrt(f, y).clone()
+
+
+LOSSES: dict[str, type[Loss]] = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
+
+
+def get_loss(loss: str | Loss) -> Loss:
+    """Return the :class:`Loss` named ``loss`` (``"cross_entropy"`` or ``"mse"``), or ``loss`` itself."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss in LOSSES:
+        return LOSSES[loss]()
+    raise InputError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
