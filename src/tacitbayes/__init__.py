@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from tacitbayes import data, metrics, models  # noqa: E402
+from tacitbayes import curvature, data, functional, linalg, metrics, models  # noqa: E402
 from tacitbayes.errors import (  # noqa: E402
     DataError,
     InputError,
@@ -20,7 +20,10 @@ __all__ = [
     "TrainConfig",
     "TrainingDivergedError",
     "__version__",
+    "curvature",
     "data",
+    "functional",
+    "linalg",
     "metrics",
     "models",
     "train_map",

@@ -103,6 +103,8 @@ def test_lanczos_is_seeded_and_reports_non_convergence() -> None:
     assert torch.equal(a.eigenvalues, b.eigenvalues) and a.n_matvecs == b.n_matvecs
     short = top_eigenvalues(mat, k=2, max_iters=3, tol=1e-12, seed=5)
     assert not short.converged and short.n_matvecs == 3
+    assert len(short.ritz_history) == 3 and short.ritz_history[-1] == float(short.eigenvalues[0])
+    assert short.ritz_history == sorted(short.ritz_history)  # Ritz values rise monotonically
     assert top_eigenvalues(VectorOnly(mat), k=1, seed=0).converged
 
 

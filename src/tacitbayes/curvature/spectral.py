@@ -47,6 +47,7 @@ class EigenResult:
     residuals: Tensor  # (k,) Ritz residual estimates ‖A y − θ y‖
     n_matvecs: int
     converged: bool
+    ritz_history: list[float] = field(default_factory=list, repr=False)  # top Ritz value per matvec
 
 
 @dataclass
@@ -203,6 +204,7 @@ def top_eigenvalues(
     alphas: list[float] = []
     betas: list[float] = []  # off-diagonal couplings (0 between restarted chains)
     chain_start, converged = 0, False
+    history: list[float] = []
     theta = s = idx = res = None
     for j in range(m_max):
         w = op @ basis[j]
@@ -215,6 +217,7 @@ def top_eigenvalues(
         alphas.append(alpha)
 
         theta, s = _tridiagonal_eigh(alphas, betas)
+        history.append(float(theta[-1]))
         idx = torch.arange(j, max(j - k, -1), -1)  # top min(k, j+1) Ritz values, descending
         res = beta * s[-1, idx].abs()
         t_norm = float(theta.abs().max())
@@ -247,6 +250,7 @@ def top_eigenvalues(
         residuals=res.to(dtype=dtype),
         n_matvecs=len(alphas),
         converged=converged,
+        ritz_history=history,
     )
 
 
