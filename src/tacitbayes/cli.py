@@ -6,114 +6,31 @@ Bad input never shows a traceback: a one-line message on stderr and exit status 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from tacitbayes.errors import TacitBayesError
+from tacitbayes.experiments.cli_types import OneLineErrorParser
 
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are one line on stderr with exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from tacitbayes.experiments.methods import available_methods
-
-    p = sub.add_parser(
-        "compare",
-        help="train MAP, fit each method, evaluate in distribution, under shift and OOD",
-        description="Train a MAP network (or load --checkpoint), fit each method on it, and "
-        "evaluate accuracy, NLL, ECE, Brier, rotation shift and OOD AUROC.",
-    )
-    p.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist or mnist")
-    p.add_argument("--model", default="mlp", help="mlp (default), lenet, resnet or vit")
-    p.add_argument(
-        "--methods",
-        default="map",
-        help=f"comma-separated; available: {', '.join(available_methods())}",
-    )
-    p.add_argument("--epochs", type=_positive_int, help="MAP training epochs (digits: 30, else 10)")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--n-samples", type=_positive_int, default=32, help="posterior samples per prediction"
-    )
-    p.add_argument("--n-train", type=_positive_int, help="train on a seeded subset of this size")
-    p.add_argument("--width", type=_positive_int, help="mlp hidden width")
-    p.add_argument("--depth", type=_positive_int, help="mlp hidden layers / vit blocks")
-    p.add_argument("--activation", help="relu, tanh, gelu or silu")
-    p.add_argument("--data-dir", help="directory with the data set's IDX files")
-    p.add_argument("--ood-data-dir", help="directory with the OOD data set's files")
-    p.add_argument("--checkpoint", help="load trained MAP weights instead of training")
-    p.add_argument("--resume", action="store_true", help="continue training from OUT/map.pt")
-    p.add_argument("--out", help="output directory (default runs/compare-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(run=_run_compare)
-
-
-def _run_compare(args: argparse.Namespace) -> int:
-    from tacitbayes.experiments.compare import CompareSettings, format_table, run_compare
-
-    options = {
-        k: getattr(args, k)
-        for k in ("width", "depth", "activation")
-        if getattr(args, k) is not None
-    }
-    settings = CompareSettings(
-        dataset=args.dataset,
-        model=args.model,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        n_samples=args.n_samples,
-        n_train=args.n_train,
-        model_options=options,
-        data_dir=args.data_dir,
-        ood_data_dir=args.ood_data_dir,
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    results = run_compare(settings)
-    print(f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters)")
-    print(format_table(results))
-    print(f"wrote {results['out']}/results.json, report.md, reliability.png, shift.png")
-    return 0
+# Each module defines add_subparser(sub), which adds its command and sets `run`.
+COMMANDS = ("tacitbayes.experiments.compare_cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="tacitbayes",
         description="Bayesian deep learning that keeps what plain training gets right.",
     )
     from tacitbayes import __version__
 
     parser.add_argument("--version", action="version", version=f"tacitbayes {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
-    _add_compare(sub)
+    sub = parser.add_subparsers(
+        dest="command", metavar="<command>", parser_class=OneLineErrorParser
+    )
+    for module in COMMANDS:
+        importlib.import_module(module).add_subparser(sub)
     return parser
 
 

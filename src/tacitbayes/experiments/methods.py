@@ -8,6 +8,7 @@ one ``@register_method("name")`` on such a factory.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,6 +47,8 @@ class Predictor(Protocol):
 
 MethodFactory = Callable[[FitContext], Predictor]
 _REGISTRY: dict[str, MethodFactory] = {}
+# Modules whose import registers more methods (one module per method family).
+METHOD_MODULES: tuple[str, ...] = ()
 
 
 def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
@@ -60,13 +63,20 @@ def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
     return decorate
 
 
+def _load_method_modules() -> None:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
+
+
 def available_methods() -> list[str]:
     """Names of the registered methods, in registration order."""
+    _load_method_modules()
     return list(_REGISTRY)
 
 
 def get_method(name: str) -> MethodFactory:
     """The factory registered under ``name``; InputError listing the names otherwise."""
+    _load_method_modules()
     if name not in _REGISTRY:
         raise InputError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
     return _REGISTRY[name]
