@@ -189,3 +189,17 @@ def test_bad_inputs_raise_input_error() -> None:
         lsqr(lambda V: (A @ V).float(), A.T, torch.ones(3, dtype=DT))
     with pytest.raises(InputError, match="positive definite"):
         minres(A, torch.ones(3, dtype=DT), preconditioner=-A)
+
+
+def test_lsqr_residual_only_stop_reaches_the_residual_tolerance() -> None:
+    g = torch.Generator().manual_seed(11)
+    # an ill-conditioned consistent system: the default rules may stop on ‖Aᵀr‖ first
+    U, _ = torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=DT))
+    V, _ = torch.linalg.qr(torch.randn(60, 30, generator=g, dtype=DT))
+    A = U @ torch.diag(torch.logspace(0, -6, 30, dtype=DT)) @ V.T
+    B = A @ torch.randn(60, 4, generator=g, dtype=DT)
+    X, info = lsqr(A, A.T, B, tol=1e-3, atol=0.0, least_squares_stop=False, max_iters=500)
+    residual = torch.linalg.vector_norm(A @ X - B, dim=0) / torch.linalg.vector_norm(B, dim=0)
+    assert bool(info.converged.all())
+    assert bool((residual <= 1.01e-3).all())
+    torch.testing.assert_close(info.residual_norms, torch.linalg.vector_norm(A @ X - B, dim=0), rtol=1e-6, atol=1e-12)

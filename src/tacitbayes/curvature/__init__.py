@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tacitbayes.curvature.kfac import KFAC
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.curvature.operators import (
     GGN,
@@ -31,6 +32,7 @@ __all__ = [
     "TraceEstimate",
     "Hessian",
     "Jacobian",
+    "KFAC",
     "LinearOperator",
     "Loss",
     "get_loss",

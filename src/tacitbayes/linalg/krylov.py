@@ -277,14 +277,19 @@ def lsqr(
     tol: float = 1e-8,
     max_iters: int | None = None,
     damp: float = 0.0,
+    atol: float | None = None,
+    least_squares_stop: bool = True,
 ) -> tuple[Tensor, KrylovInfo]:
     """Solve min_x ‖A x − b‖² + damp²‖x‖² per column by LSQR (Golub–Kahan bidiagonalisation).
 
     A (N×P) is given by ``A_matvec`` ((P, k) -> (N, k)) and ``AT_matvec`` ((N, k) -> (P, k)).
     Starting from x0 = 0 the iterates stay in range(Aᵀ), so with damp = 0 the limit is
     the minimum-norm least-squares solution A⁺ b.  Column j stops (Paige–Saunders) when
-    ‖r‖ ≤ tol·‖b‖ + tol·‖A‖·‖x‖ (consistent) or ‖Aᵀr‖ ≤ tol·‖A‖·‖r‖ (least squares),
-    ‖A‖ being the running Frobenius estimate.  ``max_iters`` defaults to max(2·min(N, P), 20).
+    ‖r‖ ≤ tol·‖b‖ + atol·‖A‖·‖x‖ (consistent; atol defaults to tol) or, when
+    ``least_squares_stop``, ‖Aᵀr‖ ≤ tol·‖A‖·‖r‖ (least squares), ‖A‖ being the running
+    Frobenius estimate.  For a consistent system where the residual itself must reach
+    ‖r‖ ≤ tol·‖b‖, pass ``atol=0, least_squares_stop=False``.
+    ``max_iters`` defaults to max(2·min(N, P), 20).
     """
     _check_settings(tol, max_iters)
     if not damp >= 0:
@@ -343,8 +348,10 @@ def lsqr(
         test1 = _safe_div(r2norm, bnorm)
         test2 = _safe_div(arnorm, anorm * r2norm)
         t1 = test1 / (1 + _safe_div(anorm * xnorm, bnorm))
-        rtol = tol + tol * _safe_div(anorm * xnorm, bnorm)
-        done = (test1 <= rtol) | (test2 <= tol) | (1 + t1 <= 1) | (1 + test2 <= 1) | (r2norm == 0)
+        rtol = tol + (tol if atol is None else atol) * _safe_div(anorm * xnorm, bnorm)
+        done = (test1 <= rtol) | (r2norm == 0)
+        if least_squares_stop:
+            done = done | (test2 <= tol) | (1 + t1 <= 1) | (1 + test2 <= 1)
         converged = converged | (active & done)
         col_iters = torch.where(active, torch.full_like(col_iters, it), col_iters)
         active = active & ~done
