@@ -14,7 +14,7 @@ from tacitbayes.errors import TacitBayesError
 from tacitbayes.experiments.cli_types import OneLineErrorParser
 
 # Each module defines add_subparser(sub), which adds its command and sets `run`.
-COMMANDS = ("tacitbayes.experiments.compare_cli",)
+COMMANDS = ("tacitbayes.experiments.compare_cli", "tacitbayes.experiments.linsys")
 
 
 def build_parser() -> argparse.ArgumentParser:
