@@ -1,0 +1,1 @@
+"""Post-hoc Gaussian posteriors around trained weights."""

@@ -1,0 +1,58 @@
+"""Predictive distributions from weight perturbations δ around the trained weights θ*.
+
+Linearised: f_lin(θ* + δ, x) = f(θ*, x) + J(x) δ (one JVP per sample, vmapped);
+sampled: the network itself at θ* + δ. Classification averages softmax
+probabilities over samples. Both work in chunks of samples to bound memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import jvp, vmap
+
+from tacitbayes.errors import InputError
+from tacitbayes.functional import FunctionalModel, unflatten
+
+__all__ = ["average_probabilities", "sample_logits"]
+
+
+def sample_logits(
+    model: nn.Module,
+    x: Tensor,
+    deltas: Tensor,
+    *,
+    linearized: bool = True,
+    param_names: str | Sequence[str] | None = None,
+    chunk_size: int = 8,
+) -> Tensor:
+    """Outputs for each perturbation: f(θ*, x) + J(x)δ_s (linearised) or f(θ* + δ_s, x); (S, N, O)."""
+    fmodel = FunctionalModel(model, param_names)
+    params = {k: v.detach() for k, v in fmodel.params().items()}
+    n_p = sum(t.numel() for t in params.values())
+    if deltas.ndim != 2 or deltas.shape[1] != n_p:
+        raise InputError(f"deltas must have shape (n_samples, {n_p}), got {tuple(deltas.shape)}")
+    deltas = deltas.to(dtype=next(iter(params.values())).dtype)
+    x = x.to(next(iter(params.values())).device)
+    outs = []
+    with torch.no_grad():
+        if linearized:
+            f0 = fmodel(params, x)
+
+            def push(delta: dict[str, Tensor]) -> Tensor:
+                return jvp(lambda p: fmodel(p, x), (params,), (delta,))[1]
+
+            for chunk in deltas.split(chunk_size):
+                outs.append(f0 + vmap(push)(unflatten(chunk, params)))
+        else:
+            for delta in deltas:
+                shifted = {k: params[k] + d for k, d in unflatten(delta, params).items()}
+                outs.append(fmodel(shifted, x).unsqueeze(0))
+    return torch.cat(outs)
+
+
+def average_probabilities(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Monte-Carlo predictive (1/S) Σ_s softmax(f_s / T); logits of shape (S, N, C)."""
+    return torch.softmax(logits / temperature, dim=-1).mean(0)
