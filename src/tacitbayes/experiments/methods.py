@@ -48,7 +48,7 @@ class Predictor(Protocol):
 MethodFactory = Callable[[FitContext], Predictor]
 _REGISTRY: dict[str, MethodFactory] = {}
 # Modules whose import registers more methods (one module per method family).
-METHOD_MODULES: tuple[str, ...] = ()
+METHOD_MODULES: tuple[str, ...] = ("tacitbayes.experiments.method_projected",)
 
 
 def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:

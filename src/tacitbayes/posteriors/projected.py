@@ -235,7 +235,10 @@ class ProjectedPosterior:
         grid: Sequence[float] | None = None,
         n_samples: int = 32,
     ) -> float:
-        """Set α by the linearised evidence (α = r/‖θ*‖²) or by validation NLL on a log grid."""
+        """Set α by the linearised evidence (α = r/‖θ*‖²) or by validation NLL on a log grid.
+
+        The default grid spans 10⁻²…10⁶ times the evidence value in half decades.
+        """
         if method == "evidence":
             self.prior_precision = self._check_precision(self.evidence_prior_precision(n_samples))
             return self.prior_precision
@@ -250,7 +253,7 @@ class ProjectedPosterior:
         grid = (
             list(grid)
             if grid is not None
-            else [centre * 10.0**e for e in torch.arange(-3, 3.01, 0.5).tolist()]
+            else [centre * 10.0**e for e in torch.arange(-2, 6.01, 0.5).tolist()]
         )
         deltas = self.projected_noise(n_samples).T
         with torch.no_grad(), eval_mode(self.model):
