@@ -11,12 +11,13 @@ from tacitbayes.errors import (  # noqa: E402
     TacitBayesError,
     TrainingDivergedError,
 )
-from tacitbayes.posteriors import ProjectedPosterior  # noqa: E402
+from tacitbayes.posteriors import Laplace, ProjectedPosterior  # noqa: E402
 from tacitbayes.training import TrainConfig, train_map  # noqa: E402
 
 __all__ = [
     "DataError",
     "InputError",
+    "Laplace",
     "ProjectedPosterior",
     "TacitBayesError",
     "TrainConfig",

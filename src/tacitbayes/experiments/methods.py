@@ -48,7 +48,10 @@ class Predictor(Protocol):
 MethodFactory = Callable[[FitContext], Predictor]
 _REGISTRY: dict[str, MethodFactory] = {}
 # Modules whose import registers more methods (one module per method family).
-METHOD_MODULES: tuple[str, ...] = ("tacitbayes.experiments.method_projected",)
+METHOD_MODULES: tuple[str, ...] = (
+    "tacitbayes.experiments.method_projected",
+    "tacitbayes.experiments.method_laplace",
+)
 
 
 def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:

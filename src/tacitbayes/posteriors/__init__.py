@@ -1,5 +1,6 @@
 """Post-hoc Gaussian posteriors around trained weights."""
 
+from tacitbayes.posteriors.laplace import Laplace
 from tacitbayes.posteriors.projected import ProjectedPosterior
 
-__all__ = ["ProjectedPosterior"]
+__all__ = ["Laplace", "ProjectedPosterior"]
