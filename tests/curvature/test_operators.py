@@ -14,10 +14,6 @@ from tacitbayes.curvature.losses import get_loss
 from tacitbayes.errors import InputError
 from tacitbayes.functional import last_layer_names
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:

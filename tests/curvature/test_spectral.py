@@ -20,10 +20,6 @@ from tacitbayes.curvature import (
 )
 from tacitbayes.errors import InputError
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:

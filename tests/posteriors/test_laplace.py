@@ -18,10 +18,6 @@ from tacitbayes.posteriors import laplace_tuning
 from tacitbayes.posteriors.laplace import Laplace
 from tacitbayes.posteriors.laplace_curvature import module_groups
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
 DT = torch.float64
 STRUCTURES = ["diag", "kron", "last_layer"]
 
