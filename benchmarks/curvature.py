@@ -8,7 +8,9 @@ eigenvalue (over 512 examples) to 1e-3 relative accuracy divided by the time
 plain power iteration needs to reach the same accuracy (target: at most 1/3).
 Both stop by oracle as soon as their estimate is within 1e-3 of a tightly
 converged reference (Lanczos: the matvec count read off its Ritz history, then
-a timed run of exactly that length), for 5 random starts; medians reported. Timings are medians of
+a timed run of exactly that length), for 5 random starts; medians reported.
+``residual_rule`` repeats the comparison with the library's certified stopping rule
+for both methods (relative Ritz residual ‖Av − λv‖ ≤ 1e-3·|λ|), as a user would run them. Timings are medians of
 interleaved repeats in one run. Prints one JSON object.
 
     .venv/bin/python benchmarks/curvature.py [--repeats 15]
@@ -24,7 +26,7 @@ import time
 import torch
 
 import tacitbayes as tb
-from tacitbayes.curvature import GGN, Hessian, top_eigenvalues
+from tacitbayes.curvature import GGN, Hessian, power_iteration, top_eigenvalues
 from tacitbayes.data import load_dataset
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
@@ -54,7 +56,9 @@ def _gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     torch.nn.functional.cross_entropy(model(x), y).backward()
 
 
-def _power_to_accuracy(op, reference: float, rel: float, seed: int, max_iters: int = 5000) -> tuple[int, float]:
+def _power_to_accuracy(
+    op, reference: float, rel: float, seed: int, max_iters: int = 5000
+) -> tuple[int, float]:
     """Plain power iteration v ← Av/‖Av‖, stopped once |vᵀAv − λ*| ≤ rel·|λ*|."""
     gen = torch.Generator().manual_seed(seed)
     v = torch.randn(op.shape[0], generator=gen, dtype=op.dtype)
@@ -79,17 +83,29 @@ def bench_model(name: str, data, repeats: int) -> dict:
     for fn in (lambda: _gradient(model, x, y), lambda: ggn @ v, lambda: hess @ v):
         fn()  # warm-up
     t = _interleaved(
-        {"gradient": lambda: _gradient(model, x, y), "ggn": lambda: ggn @ v, "hvp": lambda: hess @ v},
+        {
+            "gradient": lambda: _gradient(model, x, y),
+            "ggn": lambda: ggn @ v,
+            "hvp": lambda: hess @ v,
+        },
         repeats,
     )
-    eig_data = [(data.train.tensors[0][i : i + 256], data.train.tensors[1][i : i + 256]) for i in (0, 256)]
+    eig_data = [
+        (data.train.tensors[0][i : i + 256], data.train.tensors[1][i : i + 256]) for i in (0, 256)
+    ]
     hess_eig = Hessian(model, "cross_entropy", eig_data)
-    reference = float(top_eigenvalues(hess_eig, k=1, tol=1e-10, max_iters=100, seed=100).eigenvalues[0])
+    reference = float(
+        top_eigenvalues(hess_eig, k=1, tol=1e-10, max_iters=100, seed=100).eigenvalues[0]
+    )
     lanczos_times, power_times, lanczos_mv, power_mv = [], [], [], []
+    rule_lanczos: list[tuple[float, int, float]] = []
+    rule_power: list[tuple[float, int, float]] = []
     for seed in range(5):
         # matvecs Lanczos needs for 1e-3 accuracy, read off its Ritz history; then time exactly that run
         history = top_eigenvalues(hess_eig, k=1, tol=1e-12, max_iters=60, seed=seed).ritz_history
-        m = next(i + 1 for i, r in enumerate(history) if abs(r - reference) <= 1e-3 * abs(reference))
+        m = next(
+            i + 1 for i, r in enumerate(history) if abs(r - reference) <= 1e-3 * abs(reference)
+        )
         start = time.perf_counter()
         top_eigenvalues(hess_eig, k=1, tol=1e-12, max_iters=m, seed=seed)
         lanczos_times.append(time.perf_counter() - start)
@@ -98,6 +114,21 @@ def bench_model(name: str, data, repeats: int) -> dict:
         iters, _ = _power_to_accuracy(hess_eig, reference, 1e-3, seed)
         power_times.append(time.perf_counter() - start)
         power_mv.append(iters)
+        # the same certified stopping rule for both: relative Ritz residual ≤ 1e-3
+        start = time.perf_counter()
+        lz = top_eigenvalues(hess_eig, k=1, tol=1e-3, seed=seed)
+        rule_lanczos.append(
+            (
+                time.perf_counter() - start,
+                lz.n_matvecs,
+                abs(float(lz.eigenvalues[0]) / reference - 1),
+            )
+        )
+        start = time.perf_counter()
+        pw = power_iteration(hess_eig, tol=1e-3, max_iters=2000, seed=seed)
+        rule_power.append(
+            (time.perf_counter() - start, pw.n_matvecs, abs(pw.eigenvalue / reference - 1))
+        )
     return {
         "n_params": sum(p.numel() for p in model.parameters()),
         "gradient_seconds": t["gradient"],
@@ -111,6 +142,16 @@ def bench_model(name: str, data, repeats: int) -> dict:
         "lanczos_over_power": statistics.median(lanczos_times) / statistics.median(power_times),
         "lanczos_matvecs": lanczos_mv,
         "power_matvecs": power_mv,
+        "residual_rule": {
+            "lanczos_seconds": statistics.median(t for t, _, _ in rule_lanczos),
+            "power_seconds": statistics.median(t for t, _, _ in rule_power),
+            "lanczos_over_power": statistics.median(t for t, _, _ in rule_lanczos)
+            / statistics.median(t for t, _, _ in rule_power),
+            "lanczos_matvecs": [m for _, m, _ in rule_lanczos],
+            "power_matvecs": [m for _, m, _ in rule_power],
+            "lanczos_max_relative_error": max(e for _, _, e in rule_lanczos),
+            "power_max_relative_error": max(e for _, _, e in rule_power),
+        },
     }
 
 
@@ -126,7 +167,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "batch_size": 256,
         "models": {name: bench_model(name, data, args.repeats) for name in ("mlp", "lenet")},
-        "targets": {"ggn_over_gradient": 3.0, "hvp_over_gradient": 4.0, "lanczos_over_power": 1 / 3},
+        "targets": {
+            "ggn_over_gradient": 3.0,
+            "hvp_over_gradient": 4.0,
+            "lanczos_over_power": 1 / 3,
+        },
     }
     print(json.dumps(results, indent=2))
 
