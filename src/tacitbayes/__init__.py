@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from tacitbayes import curvature, data, functional, linalg, metrics, models  # noqa: E402
+from tacitbayes import curvature, data, functional, linalg, metrics, models, variational  # noqa: E402
 from tacitbayes.errors import (  # noqa: E402
     DataError,
     InputError,
@@ -13,6 +13,7 @@ from tacitbayes.errors import (  # noqa: E402
 )
 from tacitbayes.posteriors import Laplace, ProjectedPosterior  # noqa: E402
 from tacitbayes.training import TrainConfig, train_map  # noqa: E402
+from tacitbayes.variational import VariationalModel  # noqa: E402
 
 __all__ = [
     "DataError",
@@ -22,6 +23,7 @@ __all__ = [
     "TacitBayesError",
     "TrainConfig",
     "TrainingDivergedError",
+    "VariationalModel",
     "__version__",
     "curvature",
     "data",
@@ -30,4 +32,5 @@ __all__ = [
     "metrics",
     "models",
     "train_map",
+    "variational",
 ]

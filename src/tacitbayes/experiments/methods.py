@@ -51,6 +51,7 @@ _REGISTRY: dict[str, MethodFactory] = {}
 METHOD_MODULES: tuple[str, ...] = (
     "tacitbayes.experiments.method_projected",
     "tacitbayes.experiments.method_laplace",
+    "tacitbayes.experiments.method_ibvi",
 )
 
 

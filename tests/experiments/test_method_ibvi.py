@@ -1,0 +1,52 @@
+"""``compare`` method ``ibvi`` on digits, registered through ``METHOD_MODULES``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tacitbayes.experiments import methods
+from tacitbayes.experiments.compare import CompareSettings, run_compare
+
+MODULE = "tacitbayes.experiments.method_ibvi"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Small runs: one thread avoids OpenMP oversubscription on busy machines."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+def test_ibvi_in_compare(tmp_path: Path, monkeypatch) -> None:
+    if MODULE not in methods.METHOD_MODULES:
+        monkeypatch.setattr(methods, "METHOD_MODULES", (*methods.METHOD_MODULES, MODULE))
+    assert "ibvi" in methods.available_methods()
+    settings = CompareSettings(
+        dataset="digits",
+        methods=("map", "ibvi"),
+        epochs=8,
+        batch_size=16,
+        n_train=400,
+        n_samples=4,
+        lr=0.01,
+        model_options={"width": 128},
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    results = run_compare(settings)
+    row = results["methods"]["ibvi"]
+    for key in ("accuracy", "nll", "ece", "brier", "ood_auroc", "shift_accuracy", "fit_seconds"):
+        assert isinstance(row[key], float), key
+    assert row["accuracy"] > 0.6  # far above chance (0.1) after a few hundred steps
+    assert row["train_seconds"] > 0 and row["temperature"] > 0
+    assert row["ibvi_rank"] == 8 and row["ibvi_parametrization"] == "sp"
+    assert row["layers"] == ["1", "5"]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["methods"]["ibvi"]["accuracy"] == row["accuracy"]
