@@ -1,0 +1,167 @@
+"""IVON: improved variational online Newton (Shen et al., ICML 2024), from METHODS.md §3.
+
+q(θ) = N(μ, diag σ²) with σ = 1/√(λ(h + δ)); each step, for samples θ = μ + σ ⊙ ε:
+
+    ĝ = ∇ℓ(θ),  ĥ = ĝ ⊙ ε / σ                       (averaged over the step's samples)
+    g ← β₁ g + (1 − β₁) ĝ
+    h ← β₂ h + (1 − β₂) ĥ + ½ (1 − β₂)² (h − ĥ)² / (h + δ)
+    μ ← μ − α (g / (1 − β₁ᵗ) + δ μ) / (h + δ)
+
+with α the learning rate, λ the effective sample size (≈ N), δ the weight decay (prior
+precision per unit of λ) and h₀ = ``hess_init``.  The h update keeps h + δ > 0 for any ĥ.
+With β₂ = 1 the covariance stays fixed at σ² = 1/(λ(h₀ + δ)): variational GD with momentum
+and a fixed isotropic (per-group) noise level.  Between steps 1/√(h + δ) is cached, so a
+sample costs one Gaussian draw and one fused multiply-add per weight; hyper-parameter
+changes of a group take effect from its next step.  Options: ``clip_radius`` clips the update direction elementwise to [−r, r];
+``rescale_lr`` multiplies α by (h₀ + δ), so the first steps match SGD with step α.
+
+Written from the equations above (the public ivon-opt package is GPL and was not used).
+See :mod:`tacitbayes.optim.sampling` for the sampling protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tacitbayes.errors import InputError
+from tacitbayes.optim.sampling import SampledOptimizer, check_range
+
+__all__ = ["IVON"]
+
+
+class IVON(SampledOptimizer):
+    """IVON: μ ← μ − α(g/(1−β₁ᵗ) + δμ)/(h+δ) with sampled ĝ, ĥ = ĝε/σ and σ = 1/√(λ(h+δ)).
+
+    Per-group options: ``lr`` (α), ``ess`` (λ), ``hess_init`` (h₀), ``beta1``, ``beta2``,
+    ``weight_decay`` (δ), ``clip_radius``, ``rescale_lr``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        ess: float,
+        hess_init: float = 1.0,
+        beta1: float = 0.9,
+        beta2: float = 0.99999,
+        weight_decay: float = 1e-4,
+        mc_samples: int = 1,
+        clip_radius: float | None = None,
+        rescale_lr: bool = False,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            ess=ess,
+            hess_init=hess_init,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            clip_radius=clip_radius,
+            rescale_lr=rescale_lr,
+        )
+        _validate(defaults)
+        super().__init__(params, defaults, mc_samples, seed, generator)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its hyper-parameters (defaults filled in) are validated first."""
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        _validate(merged)
+        super().add_param_group(param_group)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _hess(self, group: dict[str, Any], p: Tensor) -> Tensor | float:
+        state = self.state.get(p)
+        if state and "hess" in state:
+            return state["hess"]
+        return float(group["hess_init"])
+
+    def _inv_sqrt_scale(self, group: dict[str, Any], p: Tensor) -> Tensor | float:
+        """r = 1/√(h + δ), so that σ = r/√λ (cached between steps; scalar before the first)."""
+        h = self._hess(group, p)
+        if isinstance(h, float):
+            return 1.0 / math.sqrt(h + group["weight_decay"])
+        r = self._work.get(p, {}).get("rsqrt")
+        if r is None:  # after load_state_dict or a change of weight_decay: recompute from h
+            r = torch.add(h, group["weight_decay"], out=self._buffer(p, "rsqrt")).rsqrt_()
+        return r
+
+    def _noise_scale(self, group: dict[str, Any], p: Tensor) -> tuple[Tensor | None, float]:
+        r = self._inv_sqrt_scale(group, p)
+        inv_sqrt_ess = 1.0 / math.sqrt(group["ess"])
+        if isinstance(r, float):
+            return None, r * inv_sqrt_ess
+        return r, inv_sqrt_ess
+
+    def _wants_noise_product(self, group: dict[str, Any]) -> bool:
+        return group["beta2"] < 1.0
+
+    def _update_group(self, group: dict[str, Any], items: list[tuple[Tensor, dict, int]]) -> None:
+        beta1, beta2 = group["beta1"], group["beta2"]
+        delta, ess, clip = group["weight_decay"], group["ess"], group["clip_radius"]
+        lr = group["lr"] * ((group["hess_init"] + delta) if group["rescale_lr"] else 1.0)
+        w = 1.0 - beta2
+        for p, state, n in items:
+            r = self._inv_sqrt_scale(group, p)  # 1/√(h_t + δ): σ_t = r/√λ
+            if "hess" not in state:
+                state["step"] = 0
+                state["momentum"] = torch.zeros_like(p)
+                state["hess"] = torch.full_like(p, float(group["hess_init"]))
+            state["step"] += 1
+            m, h = state["momentum"], state["hess"]
+            m.lerp_(state["grad_avg"], 1.0 - beta1)  # g ← β₁g + (1 − β₁)ĝ
+            if w > 0.0:
+                # ĥ = mean ĝ ⊙ ε / σ = (Σ ĝ ⊙ ε) · √λ / (n r)
+                hhat = state["geps_sum"]
+                hhat = hhat.div_(r) if isinstance(r, Tensor) else hhat.mul_(1.0 / r)
+                hhat.mul_(math.sqrt(ess) / n)
+                diff = torch.sub(h, hhat, out=self._buffer(p, "eps"))
+                diff.mul_(r)  # (h − ĥ)/√(h + δ)
+                h.lerp_(hhat, w)  # β₂h + (1 − β₂)ĥ
+                h.addcmul_(diff, diff, value=0.5 * w * w)  # + ½(1 − β₂)²(h − ĥ)²/(h + δ)
+            s = torch.add(h, delta, out=self._buffer(p, "eps"))  # h_{t+1} + δ
+            bc = 1.0 - beta1 ** state["step"]
+            d = self._buffer(p, "mean")  # bc · (g/bc + δμ)/(h + δ)
+            if delta:
+                torch.add(m, p, alpha=bc * delta, out=d)
+            else:
+                d.copy_(m)
+            d.div_(s)
+            if clip is not None:
+                d.clamp_(-clip * bc, clip * bc)
+            p.add_(d, alpha=-lr / bc)  # μ ← μ − α (g/bc + δμ)/(h + δ)
+            torch.rsqrt(s, out=self._buffer(p, "rsqrt"))  # r of the next samples
+
+    # ------------------------------------------------------------------ views
+
+    @torch.no_grad()
+    def preconditioner(self) -> dict[Tensor, Tensor]:
+        """h + δ for every parameter (keyed by the parameter tensor): the diagonal D of the update."""
+        out = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                h = self._hess(group, p)
+                d = h + group["weight_decay"]
+                out[p] = d.clone() if isinstance(d, Tensor) else torch.full_like(p, d)
+        return out
+
+
+def _validate(h: dict[str, Any]) -> None:
+    """Raise InputError for hyper-parameters IVON cannot use."""
+    check_range("lr", h["lr"], 0.0, low_open=True, high_open=True)
+    check_range("ess", h["ess"], 0.0, low_open=True, high_open=True)
+    check_range("hess_init", h["hess_init"], 0.0, low_open=True, high_open=True)
+    check_range("beta1", h["beta1"], 0.0, 1.0, high_open=True)
+    check_range("beta2", h["beta2"], 0.0, 1.0)
+    check_range("weight_decay", h["weight_decay"], 0.0, high_open=True)
+    if h["clip_radius"] is not None:
+        check_range("clip_radius", h["clip_radius"], 0.0, low_open=True)
+    if not isinstance(h["rescale_lr"], bool):
+        raise InputError(f"rescale_lr must be True or False, got {h['rescale_lr']!r}")

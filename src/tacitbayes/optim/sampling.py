@@ -1,0 +1,297 @@
+"""Shared machinery of the variational optimizers: q(θ) = N(μ, diag σ²) sampled into the model.
+
+Protocol (the one ivon-opt users know)::
+
+    for x, y in loader:
+        for _ in range(opt.mc_samples):
+            with opt.sampled_params(train=True):      # parameters now hold θ = μ + σ ⊙ ε
+                opt.zero_grad()                        # optional: .grad was cleared on entry
+                loss_fn(model(x), y).backward()        # several backward calls accumulate
+        opt.step()                                     # uses the average over the samples
+
+or, equivalently, ``opt.step(closure)`` with a closure that computes the loss and calls
+``backward()``: it runs ``mc_samples`` sampled contexts and then the update.
+
+* Entering ``sampled_params`` draws ε ~ N(0, I), writes θ = μ + σ ⊙ ε into every parameter
+  of the optimizer and, with ``train=True``, clears ``.grad`` so that the sample's gradient
+  is kept apart from the others.  Inside, gradients may be accumulated over any number of
+  backward calls (gradient accumulation over minibatches).
+* Leaving it restores the mean μ exactly (a saved copy, no arithmetic).  With
+  ``train=True`` (and no exception inside) the sample's gradient ĝ and, where an optimizer
+  needs it, ĝ ⊙ ε are collected; ``.grad`` then holds the average gradient of the
+  samples collected so far in this step, and ``step()`` uses that tensor as ĝ (so an
+  in-place change of ``.grad`` before ``step()``, e.g. clipping, is honoured).
+* Parameters that received no gradient in a sample are not collected for it; a parameter
+  with no sample at all is skipped by ``step()`` and its state is left untouched.
+
+Noise comes from the optimizer's own ``torch.Generator`` (``seed``, or a seed drawn from
+torch's global RNG at construction), whose state is part of ``state_dict()``, so a run
+that is saved and loaded continues exactly as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tacitbayes.errors import InputError
+
+__all__ = ["SampledOptimizer", "check_range", "sampled_predict"]
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a float, raising InputError unless low ≤ value ≤ high (open ends as asked)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise InputError(f"{name} must lie in {left}{low:g}, {high:g}{right}, got {value!r}")
+    return value
+
+
+class SampledOptimizer(torch.optim.Optimizer):
+    """Base class: an optimizer of the mean μ of q = N(μ, diag σ²) fed by sampled gradients.
+
+    Subclasses define ``_noise_scale(group, p)`` (σ of parameter p as a tensor factor times
+    a scalar), ``_wants_noise_product`` (whether to collect Σ ĝ ⊙ ε) and
+    ``_update_group(group, items)`` (one step of the group's sampled parameters from the
+    collected ``state["grad_avg"]`` and ``state["geps_sum"]``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        mc_samples: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise InputError(f"mc_samples must be an int ≥ 1, got {mc_samples!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InputError(f"seed must be an int or None, got {seed!r}")
+        if isinstance(params, Tensor):
+            raise InputError("params must be an iterable of Tensors or of parameter-group dicts")
+        try:
+            super().__init__(params, defaults)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from exc
+        self.mc_samples = mc_samples
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        device = first.device if first is not None else torch.device("cpu")
+        if generator is None:
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, (1,)).item())
+            generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = generator
+        self.seed = seed
+        self._active: list[tuple[Tensor, Tensor, Tensor]] | None = None
+        self._work: dict[Tensor, dict[str, Tensor]] = {}  # reusable per-parameter buffers
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def _noise_scale(self, group: dict[str, Any], p: Tensor) -> tuple[Tensor | None, float]:
+        """σ of ``p`` as (tensor factor or None, scalar factor): σ = tensor · scalar."""
+        raise NotImplementedError
+
+    def _wants_noise_product(self, group: dict[str, Any]) -> bool:
+        return False
+
+    def _update_group(self, group: dict[str, Any], items: list[tuple[Tensor, dict, int]]) -> None:
+        """Update the parameters ``items`` = [(p, state, n_samples)] of one group."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ sampling
+
+    def _buffer(self, p: Tensor, name: str) -> Tensor:
+        """A scratch tensor shaped like ``p``, allocated once and reused (never saved)."""
+        work = self._work.setdefault(p, {})
+        buf = work.get(name)
+        if buf is None:
+            buf = work[name] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        return buf
+
+    def _standard_normal(self, p: Tensor, generator: torch.Generator) -> Tensor:
+        """ε ~ N(0, I) shaped like ``p``, in the reusable buffer "eps"."""
+        eps = self._buffer(p, "eps")
+        if generator.device == p.device:
+            return eps.normal_(generator=generator)
+        draw = torch.randn(p.shape, generator=generator, dtype=p.dtype, device=generator.device)
+        return eps.copy_(draw)
+
+    @torch.no_grad()
+    def posterior_std(self) -> dict[Tensor, Tensor]:
+        """σ of every parameter (keyed by the parameter tensor): the std of θ − μ in samples."""
+        out = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                factor, scalar = self._noise_scale(group, p)
+                std = torch.full_like(p, scalar) if factor is None else factor * scalar
+                out[p] = std
+        return out
+
+    @contextmanager
+    def sampled_params(
+        self, train: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[None]:
+        """Put θ = μ + σ ⊙ ε, ε ~ N(0, I), into the parameters; restore μ on exit (collect ĝ if train)."""
+        if self._active is not None:
+            raise InputError("sampled_params contexts cannot be nested")
+        gen = generator if generator is not None else self.generator
+        active: list[tuple[Tensor, Tensor, Tensor]] = []
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    eps = self._standard_normal(p, gen)
+                    mean = self._buffer(p, "mean").copy_(p)
+                    factor, scalar = self._noise_scale(group, p)
+                    if factor is None:
+                        p.add_(eps, alpha=scalar)
+                    else:
+                        p.addcmul_(eps, factor, value=scalar)
+                    if train:
+                        p.grad = None
+                    active.append((p, mean, eps))
+        self._active = active
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self._active = None
+            with torch.no_grad():
+                for p, mean, _ in active:
+                    p.copy_(mean)
+                if train and ok:
+                    self._collect(active)
+
+    def _collect(self, active: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+        """Fold each sampled gradient into state: running mean ĝ (= .grad) and Σ ĝ ⊙ ε."""
+        products = {id(g): self._wants_noise_product(g) for g in self.param_groups}
+        owner = {id(p): id(g) for g in self.param_groups for p in g["params"]}
+        for p, _, eps in active:
+            if p.grad is None:
+                continue
+            g = p.grad.detach()
+            if g.is_sparse:
+                raise InputError("sparse gradients are not supported")
+            state = self.state[p]
+            n = state.get("n_collected", 0) + 1
+            state["n_collected"] = n
+            if products[owner[id(p)]]:
+                if n == 1:
+                    state["geps_sum"] = torch.mul(g, eps, out=self._buffer(p, "geps"))
+                else:
+                    state["geps_sum"].addcmul_(g, eps)
+            if n == 1:
+                state["grad_avg"] = g  # owns the sample's gradient tensor (no copy)
+            else:
+                state["grad_avg"].lerp_(g, 1.0 / n)
+            p.grad = state["grad_avg"]
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Update μ from the collected samples; with ``closure``, first run ``mc_samples`` sampled passes."""
+        if self._active is not None:
+            raise InputError("step() must be called after leaving sampled_params, not inside it")
+        loss = None
+        if closure is not None:
+            total = 0.0
+            for _ in range(self.mc_samples):
+                with torch.enable_grad(), self.sampled_params(train=True):
+                    value = closure()
+                total += float(value.detach()) if isinstance(value, Tensor) else float(value or 0.0)
+            loss = total / self.mc_samples
+        collected = False
+        with torch.no_grad():
+            for group in self.param_groups:
+                items = []
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state and state.get("n_collected", 0) > 0:
+                        items.append((p, state, state.pop("n_collected")))
+                if not items:
+                    continue
+                self._update_group(group, items)
+                for _, state, _ in items:
+                    state.pop("grad_avg", None)
+                    state.pop("geps_sum", None)
+                collected = True
+        if not collected:
+            raise InputError(
+                "step() found no sampled gradient: compute the loss and call backward() inside "
+                "`with optimizer.sampled_params(train=True):` (or pass a closure)"
+            )
+        return loss
+
+    # ------------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def sampled_predict(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        n_samples: int = 32,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """MC predictive p(y|x) ≈ (1/S) Σ_s softmax(f(μ + σ ⊙ ε_s, x)) for the model these parameters belong to."""
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise InputError(f"n_samples must be an int ≥ 1, got {n_samples!r}")
+        was_training = model.training
+        model.eval()
+        try:
+            total = None
+            for _ in range(n_samples):
+                with self.sampled_params(train=False, generator=generator):
+                    probs = torch.softmax(model(x), dim=-1)
+                total = probs if total is None else total.add_(probs)
+        finally:
+            model.train(was_training)
+        assert total is not None
+        return total / n_samples
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The torch optimizer state plus the noise generator's state (for exact continuation)."""
+        out = super().state_dict()
+        out["sampler"] = {"rng_state": self.generator.get_state(), "seed": self.seed}
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state from :meth:`state_dict`, including the noise generator's state."""
+        state_dict = dict(state_dict)
+        sampler = state_dict.pop("sampler", None)
+        try:
+            super().load_state_dict(state_dict)
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"cannot load optimizer state: {exc}") from exc
+        self._work.clear()
+        if sampler is not None:
+            self.generator.set_state(sampler["rng_state"])
+            self.seed = sampler.get("seed")
+
+
+def sampled_predict(
+    optimizer: SampledOptimizer, model: nn.Module, x: Tensor, n_samples: int = 32
+) -> Tensor:
+    """MC predictive (1/S) Σ_s softmax(f(θ_s, x)), θ_s ~ q of ``optimizer``; see its method."""
+    if not isinstance(optimizer, SampledOptimizer):
+        raise InputError(f"need an IVON or VariationalGD optimizer, got {type(optimizer).__name__}")
+    return optimizer.sampled_predict(model, x, n_samples)
