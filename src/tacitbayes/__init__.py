@@ -4,7 +4,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from tacitbayes import curvature, data, functional, linalg, metrics, models, variational  # noqa: E402
+from tacitbayes import (  # noqa: E402
+    curvature,
+    data,
+    dynamics,
+    functional,
+    linalg,
+    metrics,
+    models,
+    optim,
+    variational,
+)
 from tacitbayes.errors import (  # noqa: E402
     DataError,
     InputError,
@@ -27,10 +37,12 @@ __all__ = [
     "__version__",
     "curvature",
     "data",
+    "dynamics",
     "functional",
     "linalg",
     "metrics",
     "models",
+    "optim",
     "train_map",
     "variational",
 ]

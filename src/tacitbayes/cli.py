@@ -14,7 +14,11 @@ from tacitbayes.errors import TacitBayesError
 from tacitbayes.experiments.cli_types import OneLineErrorParser
 
 # Each module defines add_subparser(sub), which adds its command and sets `run`.
-COMMANDS = ("tacitbayes.experiments.compare_cli", "tacitbayes.experiments.linsys")
+COMMANDS = (
+    "tacitbayes.experiments.compare_cli",
+    "tacitbayes.experiments.linsys",
+    "tacitbayes.experiments.eos_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

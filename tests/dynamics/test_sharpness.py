@@ -14,10 +14,6 @@ from tacitbayes.dynamics import PreconditionedOperator, SharpnessTracker
 from tacitbayes.errors import InputError
 from tacitbayes.optim import IVON, VariationalGD
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
-
 DT = torch.float64
 
 

@@ -52,6 +52,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "tacitbayes.experiments.method_projected",
     "tacitbayes.experiments.method_laplace",
     "tacitbayes.experiments.method_ibvi",
+    "tacitbayes.experiments.method_ivon",
 )
 
 

@@ -1,0 +1,125 @@
+"""IVON benchmark: the cost of an IVON training epoch relative to an SGD epoch.
+
+On the fashion-mnist MLP (784-512-512-10, ReLU) with real images and batch 128:
+``--steps`` training steps (one MC sample per step, the ivon-opt protocol) timed as one
+"epoch", against the same number of SGD-with-momentum steps on the same batches.  Runs
+are interleaved (IVON, SGD, IVON, SGD, ...) after a warm-up of each, and the medians over
+``--repeats`` are reported, of wall-clock time ("ratio") and of process CPU time
+("ratio_cpu_time", steadier on a shared machine).  Target: ratio ≤ 1.3.  Prints one JSON
+object.
+
+    .venv/bin/python benchmarks/ivon.py [--steps 300] [--repeats 7] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tacitbayes.data import load_dataset
+from tacitbayes.models import build_model
+from tacitbayes.optim import IVON
+
+
+def _batches(data, steps: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    x, y = data.train.tensors
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(y), generator=gen)
+    out = []
+    for i in range(steps):
+        idx = order[(i * batch_size) % len(y) :][:batch_size]
+        out.append((x[idx], y[idx]))
+    return out
+
+
+def _sgd_epoch(model, opt, batches) -> tuple[float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def _ivon_epoch(model, opt, batches) -> tuple[float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
+    for x, y in batches:
+        with opt.sampled_params(train=True):
+            F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def main() -> None:
+    """Time interleaved IVON and SGD epochs and print the median ratio as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset("fashion-mnist", args.data_dir, ood=False)
+    batches = _batches(data, args.steps, args.batch_size)
+    torch.manual_seed(0)
+    model_sgd = build_model("mlp", data.input_shape, data.n_classes)
+    model_ivon = build_model("mlp", data.input_shape, data.n_classes)
+    model_ivon.load_state_dict(model_sgd.state_dict())
+    sgd = torch.optim.SGD(model_sgd.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    ivon = IVON(  # the fashion-mnist settings of the compare method
+        model_ivon.parameters(),
+        lr=1.0,
+        ess=len(data.train),
+        hess_init=0.1,
+        beta2=0.99995,
+        weight_decay=5e-4,
+        clip_radius=1e-2,
+        rescale_lr=True,
+        seed=0,
+    )
+    _ivon_epoch(model_ivon, ivon, batches[:20])  # warm-up
+    _sgd_epoch(model_sgd, sgd, batches[:20])
+    wall: dict[str, list[float]] = {"ivon": [], "sgd": []}
+    cpu: dict[str, list[float]] = {"ivon": [], "sgd": []}
+    for _ in range(args.repeats):
+        for name, fn in (("ivon", lambda: _ivon_epoch(model_ivon, ivon, batches)),
+                         ("sgd", lambda: _sgd_epoch(model_sgd, sgd, batches))):  # fmt: skip
+            w, c = fn()
+            wall[name].append(w)
+            cpu[name].append(c)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    print(
+        json.dumps(
+            {
+                "benchmark": "ivon_epoch_time_ratio",
+                "model": "mlp 784-512-512-10 (relu), fashion-mnist",
+                "batch_size": args.batch_size,
+                "steps_per_epoch": args.steps,
+                "repeats": args.repeats,
+                "threads": torch.get_num_threads(),
+                "ivon_epoch_seconds": med["ivon"],
+                "sgd_epoch_seconds": med["sgd"],
+                "ratio": med["ivon"] / med["sgd"],
+                "ratio_cpu_time": med_cpu["ivon"] / med_cpu["sgd"],
+                "target": 1.3,
+                "ivon_wall_all": wall["ivon"],
+                "sgd_wall_all": wall["sgd"],
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Command-line wiring of `tacitbayes eos`."""
+
+from __future__ import annotations
+
+import argparse
+
+from tacitbayes.experiments.cli_types import comma_list, positive_float, positive_int
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    values = tuple(positive_float(v) for v in comma_list(text))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    values = tuple(positive_int(v) for v in comma_list(text))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _fraction(text: str) -> float:
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def add_subparser(sub: argparse._SubParsersAction) -> None:
+    """Add the `eos` command to the sub-command parsers."""
+    p = sub.add_parser(
+        "eos",
+        help="sharpness of full-batch GD, variational GD and IVON at the edge of stability",
+        description="Train from one initialization with full-batch GD, variational GD over a "
+        "grid of noise levels σ and sample counts N_s, and IVON, on MSE loss; track the top "
+        "Hessian eigenvalue and compare it with 2/ρ and the variational threshold h_crit.",
+    )
+    p.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist or mnist")
+    p.add_argument("--model", default="mlp", help="mlp (default, tanh), lenet or vit")
+    p.add_argument("--width", type=positive_int, help="mlp width / vit dim (default 128)")
+    p.add_argument("--depth", type=positive_int, help="mlp hidden layers / vit blocks (default 2)")
+    p.add_argument("--activation", default="tanh", help="mlp/lenet activation (default tanh)")
+    p.add_argument("--n-train", type=positive_int, help="training subset (fashion-mnist: 2000)")
+    p.add_argument("--lr", type=positive_float, help="step size ρ (digits 0.08, else 0.04)")
+    p.add_argument("--steps", type=positive_int, help="full-batch steps per run (default 1500)")
+    p.add_argument("--record-every", type=positive_int, help="steps between sharpness records")
+    p.add_argument("--sigmas", type=_floats, help="VGD noise levels, comma-separated")
+    p.add_argument("--n-samples", type=_ints, default=(1, 4), help="VGD samples per step (1,4)")
+    p.add_argument("--no-ivon", action="store_true", help="skip the IVON run")
+    p.add_argument("--ivon-lr", type=positive_float, help="IVON learning rate (default ρ)")
+    p.add_argument("--ivon-hess-init", type=positive_float, default=1.0)
+    p.add_argument("--tail", type=_fraction, default=0.4, help="fraction averaged at the end")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for these small full-batch models on a CPU)",
+    )
+    p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
+    p.add_argument("--data-dir", help="directory with the data set's IDX files")
+    p.add_argument("--out", help="output directory (default runs/eos-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_eos)
+
+
+def _run_eos(args: argparse.Namespace) -> int:
+    from tacitbayes.experiments.eos import EosSettings, run_eos
+    from tacitbayes.experiments.eos_report import format_table
+
+    settings = EosSettings(
+        dataset=args.dataset,
+        model=args.model,
+        width=args.width,
+        depth=args.depth,
+        activation=args.activation,
+        n_train=args.n_train,
+        lr=args.lr,
+        steps=args.steps,
+        record_every=args.record_every,
+        sigmas=args.sigmas,
+        n_samples=args.n_samples,
+        ivon=not args.no_ivon,
+        ivon_lr=args.ivon_lr,
+        ivon_hess_init=args.ivon_hess_init,
+        tail=args.tail,
+        seed=args.seed,
+        threads=args.threads,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    results = run_eos(settings)
+    print(
+        f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters), "
+        f"ρ = {results['lr']:g}, 2/ρ = {results['gd_threshold']:.3g}"
+    )
+    print(format_table(results))
+    print("checks: " + ", ".join(f"{k}={v}" for k, v in results["checks"].items()))
+    print(f"wrote {results['out']}/results.json, report.md, sharpness.png, loss.png")
+    return 0

@@ -1,0 +1,142 @@
+"""Outputs of ``tacitbayes eos``: results.json, report.md and the sharpness / loss plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from tacitbayes import plots
+from tacitbayes.io import atomic_path, write_json, write_text
+
+COLUMNS = (
+    ("σ", "sigma", "{:g}"),
+    ("N_s", "n_samples", "{:d}"),
+    ("final sharpness", "final_sharpness", "{:.2f}"),
+    ("÷ 2/ρ", "ratio_to_gd_threshold", "{:.3f}"),
+    ("VGD h_crit", "threshold", "{:.2f}"),
+    ("÷ h_crit", "ratio_to_threshold", "{:.3f}"),
+    ("h_crit (ref. z)", "threshold_reference", "{:.3g}"),
+    ("train loss", "final_loss", "{:.4f}"),
+    ("test acc.", "test_accuracy", "{:.4f}"),
+    ("seconds", "seconds", "{:.0f}"),
+)
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or (key in ("threshold", "ratio_to_threshold") and row["kind"] != "vgd"):
+        return "-"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The per-run summary as a fixed-width text table for the terminal."""
+    header = f"{'run':<20}" + "".join(f"{title:>16}" for title, _, _ in COLUMNS)
+    lines = [header, "-" * len(header)]
+    for name, row in results["runs"].items():
+        cells = "".join(f"{_cell(row, key, fmt):>16}" for _, key, fmt in COLUMNS)
+        lines.append(f"{name + (' (diverged)' if row['diverged'] else ''):<20}{cells}")
+    return "\n".join(lines)
+
+
+def sharpness_plot(results: dict[str, Any], path: str | Path) -> Path:
+    """Sharpness vs step per run; 2/ρ (black) and each VGD run's h_crit (dotted, in its colour)."""
+    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    gd_line = results["gd_threshold"]
+    ax.axhline(gd_line, color="black", linestyle="--", linewidth=1.2, label=f"2/ρ = {gd_line:.3g}")
+    for i, (name, row) in enumerate(results["runs"].items()):
+        traj = row["trajectory"]
+        if not traj:
+            continue
+        color = f"C{i % 10}"
+        ax.plot([r["step"] for r in traj], [r["sharpness"] for r in traj], color=color, label=name)
+        if row["kind"] == "vgd" and row.get("threshold") is not None:
+            ax.axhline(row["threshold"], color=color, linestyle=":", linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("sharpness λ_max(∇²L)")
+    ax.set_title(
+        f"{results['dataset']} / {results['model']}, ρ = {results['lr']:g}: "
+        "dotted = VGD threshold h_crit"
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def _report(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    lines = [
+        f"# tacitbayes eos: {results['dataset']} / {results['model']}",
+        "",
+        f"{results['n_params']:,} parameters, {results['n_train']} training images, full-batch "
+        f"MSE loss ½‖f − onehot‖² (mean over examples), {s['steps']} steps of ρ = {s['lr']:g} "
+        f"(2/ρ = {results['gd_threshold']:.3g}); sharpness every {s['record_every']} steps "
+        "(Lanczos, tol 1e-3, on the whole training subset, at the mean weights).",
+        "",
+        f"Final sharpness: mean over the records of the last {s['tail']:.0%} of training. "
+        "VGD h_crit: METHODS.md §3 threshold 2√(z/3)·sinh(⅓·arsinh((3/ρ)√(3/z))) with "
+        "z = N_s c/σ², c = (∇L·v₁)² the squared gradient along the top Hessian eigenvector "
+        "measured at each record; median over the same records. 'h_crit (ref. z)' uses the "
+        "reference code's z = N_s‖∇L‖²/(Pσ²).",
+        "",
+        "| run | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for name, row in results["runs"].items():
+        cells = " | ".join(_cell(row, key, fmt) for _, key, fmt in COLUMNS)
+        lines.append(f"| {name}{' (diverged)' if row['diverged'] else ''} | {cells} |")
+    ivon = results["runs"].get("ivon")
+    if ivon and ivon.get("final_preconditioned_sharpness") is not None:
+        lines += [
+            "",
+            f"IVON preconditioned sharpness λ_max(D^-½ H D^-½), D = diag(h + δ): "
+            f"{ivon['final_preconditioned_sharpness']:.3g} (its momentum-GD limit "
+            f"2(1+β₁)/(α(1−β₁)) = {ivon['preconditioned_threshold']:.3g}).",
+        ]
+    lines += ["", "## Checks", "", *(f"- {k}: {v}" for k, v in results["checks"].items())]
+    lines += ["", "## Settings", "", "```", *(f"{k}: {v}" for k, v in s.items()), "```"]
+    lines += ["", "## Versions", "", *(f"- {k}: {v}" for k, v in results["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """results.json, report.md, sharpness.png, loss.png (and ivon.png with an IVON run)."""
+    sharpness_plot(results, out / "sharpness.png")
+    series = {
+        name: ([r["step"] for r in row["trajectory"]], [r["loss"] for r in row["trajectory"]])
+        for name, row in results["runs"].items()
+        if row["trajectory"]
+    }
+    if series:
+        plots.line_plot(
+            series, out / "loss.png", xlabel="step", ylabel="training loss", logy=True,
+            title=f"{results['dataset']} / {results['model']}: training loss",
+        )  # fmt: skip
+    ivon = results["runs"].get("ivon")
+    if ivon and ivon["trajectory"]:
+        traj = ivon["trajectory"]
+        plots.line_plot(
+            {
+                "raw sharpness": ([r["step"] for r in traj], [r["sharpness"] for r in traj]),
+                "preconditioned": (
+                    [r["step"] for r in traj],
+                    [r["preconditioned_sharpness"] for r in traj],
+                ),
+            },
+            out / "ivon.png",
+            xlabel="step",
+            ylabel="top eigenvalue",
+            title="IVON: sharpness of H and of D^-½ H D^-½",
+            hlines={"2/ρ (GD)": results["gd_threshold"]},
+        )
+    write_text(out / "report.md", _report(results))
+    write_json(out / "results.json", results)
