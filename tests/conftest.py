@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tacitbayes.data import write_idx
 from tacitbayes.data.sources import IDX_NAMES
@@ -36,3 +38,12 @@ def write_fake_idx_dataset(
 def fake_idx_dir(tmp_path: Path) -> Path:
     """A directory holding a small, valid, random IDX data set."""
     return write_fake_idx_dataset(tmp_path / "fake")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny problems: one thread avoids OpenMP oversubscription slowdowns on busy machines."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)

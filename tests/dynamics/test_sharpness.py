@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -17,13 +15,7 @@ from tacitbayes.optim import IVON, VariationalGD
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny problems: one thread avoids OpenMP oversubscription slowdowns on busy machines."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(n: int = 20) -> tuple[nn.Module, tuple[Tensor, Tensor]]:

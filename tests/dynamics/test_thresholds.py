@@ -13,7 +13,6 @@ h_crit = 2√(z/3) sinh(⅓ arsinh((3/ρ)√(3/z))).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -30,14 +29,7 @@ from tacitbayes.dynamics import (
 from tacitbayes.errors import InputError
 from tacitbayes.optim import VariationalGD
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny problems: one thread avoids OpenMP oversubscription slowdowns on busy machines."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- the algebra

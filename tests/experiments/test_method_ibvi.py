@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tacitbayes.experiments import methods
 from tacitbayes.experiments.compare import CompareSettings, run_compare
@@ -15,13 +13,7 @@ from tacitbayes.experiments.compare import CompareSettings, run_compare
 MODULE = "tacitbayes.experiments.method_ibvi"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small runs: one thread avoids OpenMP oversubscription on busy machines."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ibvi_in_compare(tmp_path: Path, monkeypatch) -> None:

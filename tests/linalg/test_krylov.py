@@ -202,4 +202,6 @@ def test_lsqr_residual_only_stop_reaches_the_residual_tolerance() -> None:
     residual = torch.linalg.vector_norm(A @ X - B, dim=0) / torch.linalg.vector_norm(B, dim=0)
     assert bool(info.converged.all())
     assert bool((residual <= 1.01e-3).all())
-    torch.testing.assert_close(info.residual_norms, torch.linalg.vector_norm(A @ X - B, dim=0), rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(
+        info.residual_norms, torch.linalg.vector_norm(A @ X - B, dim=0), rtol=1e-6, atol=1e-12
+    )

@@ -15,7 +15,7 @@ SHAPES = [(1, 8, 8), (1, 28, 28)]
 CASES = [(n, s) for n in NAMES for s in SHAPES]
 IDS = [f"{n}-{s[1]}x{s[2]}" for n, s in CASES]
 
-# torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
+
 def _build(name: str, shape: tuple[int, int, int], n_classes: int = 10) -> nn.Module:
     torch.manual_seed(0)
     return build_model(name, shape, n_classes)

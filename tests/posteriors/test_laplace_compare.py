@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tacitbayes.experiments import methods
 from tacitbayes.experiments.compare import CompareSettings, run_compare
@@ -14,13 +12,7 @@ from tacitbayes.experiments.compare import CompareSettings, run_compare
 NAMES = ("laplace_diag", "laplace_kron", "laplace_last_layer")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny problems: one thread avoids OpenMP oversubscription slowdowns on busy machines."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_laplace_methods_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,6 @@ Checked on the closed form and through ``VariationalModel`` on an ``nn.Linear``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -25,14 +23,7 @@ from tacitbayes.variational import (
     null_space_projector,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny problems: one thread avoids OpenMP oversubscription on busy machines."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DT = torch.float64
