@@ -8,6 +8,7 @@ of epoch e continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,11 +84,25 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -
     raise InputError(f"unknown loss {loss!r}; available: {', '.join(LOSSES)}")
 
 
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+def scheduled_lr(lr: float, step: int, total_steps: int, schedule: str = "cosine") -> float:
     """lr at a global step: constant, or cosine decay lr·½(1 + cos(π t/T)) to zero at T."""
-    if config.schedule == "constant":
-        return config.lr
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of ``config`` at a global step (see :func:`scheduled_lr`)."""
+    return scheduled_lr(config.lr, step, total_steps, config.schedule)
+
+
+def epoch_batches(
+    dataset: Dataset, batch_size: int, seed: int, epoch: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Shuffled minibatches of one epoch; reseeds torch so that epoch e replays exactly on resume."""
+    torch.manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return minibatches(dataset, batch_size, shuffle=True, generator=generator)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -162,11 +177,9 @@ def train_map(
         leave=False,
     )
     for epoch in bar:
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         model.train()
         total, count = 0.0, 0
-        batches = minibatches(train_set, config.batch_size, shuffle=True, generator=generator)
+        batches = epoch_batches(train_set, config.batch_size, config.seed, epoch)
         for step, (x, y) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, epoch * steps_per_epoch + step, total_steps)

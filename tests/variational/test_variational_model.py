@@ -229,3 +229,21 @@ def test_train_and_temperature_on_blobs():
     assert abs(math.log(shrunk)) < abs(math.log(free))
     with pytest.raises(InputError, match="unknown optimizer"):
         train_ibvi(vnet, train, IBVIConfig(optimizer="lbfgs"))
+
+
+def test_train_ibvi_records_validation_accuracy_and_is_seeded() -> None:
+    from tacitbayes.data import load_dataset
+    from tacitbayes.models import build_model
+    from tacitbayes.variational.training import IBVIConfig, train_ibvi
+
+    data = load_dataset("digits", ood=False, n_train=200)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        vnet = VariationalModel(build_model("mlp", data.input_shape, 10, width=16))
+        runs.append(
+            train_ibvi(vnet, data.train, IBVIConfig(epochs=2, progress=False), val_set=data.val)
+        )
+    assert [h["epoch"] for h in runs[0].history] == [1, 2]
+    assert all(0 <= h["val_accuracy_mean"] <= 1 for h in runs[0].history)
+    assert runs[0].history == runs[1].history  # seeded: identical runs

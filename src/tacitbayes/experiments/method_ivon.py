@@ -23,7 +23,7 @@ from tacitbayes.errors import TrainingDivergedError
 from tacitbayes.experiments.methods import FitContext, Predictor, register_method
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON
-from tacitbayes.training import classification_loss, learning_rate, make_optimizer
+from tacitbayes.training import classification_loss, make_optimizer, scheduled_lr
 
 
 @dataclass
@@ -117,7 +117,6 @@ def train_ivon(
         seed=ctx.seed,
     )
     total = -(-n // config.batch_size) * config.epochs
-    schedule = type(config)(**{**asdict(config), "lr": settings.lr})
     step = 0
     start, cpu = time.perf_counter(), time.process_time()
     bar = tqdm(
@@ -127,7 +126,7 @@ def train_ivon(
         generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
         model.train()
         for x, y in minibatches(train, config.batch_size, shuffle=True, generator=generator):
-            lr = learning_rate(schedule, step, total)
+            lr = scheduled_lr(settings.lr, step, total, config.schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
             with opt.sampled_params(train=True):

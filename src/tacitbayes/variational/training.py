@@ -11,9 +11,10 @@ from tqdm.auto import tqdm
 
 from tacitbayes.data import minibatches
 from tacitbayes.errors import InputError, TrainingDivergedError
+from tacitbayes.training import epoch_batches, scheduled_lr
 from tacitbayes.variational.model import LOSSES, VariationalModel
 
-__all__ = ["IBVIConfig", "IBVIResult", "cosine_lr", "train_ibvi"]
+__all__ = ["IBVIConfig", "IBVIResult", "train_ibvi"]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
@@ -62,13 +63,6 @@ class IBVIResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def cosine_lr(lr: float, step: int, total_steps: int, schedule: str = "cosine") -> float:
-    """lr·½(1 + cos(π t/T)) (cosine, to zero at T) or lr (constant)."""
-    if schedule == "constant":
-        return lr
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
-
-
 def make_optimizer(vnet: VariationalModel, config: IBVIConfig) -> torch.optim.Optimizer:
     """SGD (momentum) or Adam over μ, S and deterministic weights, with the parametrization's multipliers.
 
@@ -111,12 +105,10 @@ def train_ibvi(
         range(config.epochs), desc="train IBVI", disable=not config.progress or None, leave=False
     )
     for epoch in bar:
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         total, count = 0.0, 0
-        batches = minibatches(train_set, config.batch_size, shuffle=True, generator=shuffle)
+        batches = epoch_batches(train_set, config.batch_size, config.seed, epoch)
         for step, (x, y) in enumerate(batches):
-            base = cosine_lr(
+            base = scheduled_lr(
                 config.lr, epoch * steps_per_epoch + step, total_steps, config.schedule
             )
             for group in optimizer.param_groups:
