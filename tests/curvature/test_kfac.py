@@ -403,3 +403,26 @@ def test_unsupported_structures() -> None:
         KFAC(attn, "cross_entropy", tdata)
     with pytest.raises(InputError, match="not called as modules"):
         KFAC(attn, "cross_entropy", tdata, param_names=layer_names(attn, "mha.out_proj"))
+
+
+def test_from_factors_reproduces_the_fitted_operator() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
+    fitted = KFAC(model, "cross_entropy", (x, y), reduction="sum")
+    restored = KFAC.from_factors(model, "cross_entropy", fitted.factors, fitted.n_data, "sum")
+    assert restored.n_data == 7
+    torch.testing.assert_close(restored.to_dense(), fitted.to_dense(), rtol=0, atol=0)
+    v = torch.randn(fitted.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(restored.solve(v, 0.3), fitted.solve(v, 0.3))
+
+
+def test_from_factors_rejects_wrong_layers_and_shapes() -> None:
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    fitted = KFAC(model, "cross_entropy", (torch.randn(3, 4), torch.tensor([0, 1, 2])))
+    with pytest.raises(InputError, match="factors are given for layers"):
+        KFAC.from_factors(model, "cross_entropy", {"0": fitted.factors["0"]}, 3)
+    bad = dict(fitted.factors)
+    bad["2"] = (torch.eye(5), torch.eye(4))
+    with pytest.raises(InputError, match="must have shapes"):
+        KFAC.from_factors(model, "cross_entropy", bad, 3)

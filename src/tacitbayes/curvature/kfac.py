@@ -50,6 +50,7 @@ from tacitbayes.linalg import KroneckerProduct
 __all__ = ["KFAC"]
 
 CONV_APPROX = ("expand", "reduce")
+_NO_DATA = object()  # from_factors: build the layer structure without a data pass
 
 
 @dataclass
@@ -216,8 +217,40 @@ class KFAC(LinearOperator):
             la.index = la.index.to(device)
         self._by_name = {la.name: la for la in self._layers}
         self.n_data = 0
-        self.factors: dict[str, tuple[Tensor, Tensor]] = self._compute(_as_data(data))
         self._eig: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self.factors: dict[str, tuple[Tensor, Tensor]] = (
+            {} if data is _NO_DATA else self._compute(_as_data(data))
+        )
+
+    @classmethod
+    def from_factors(
+        cls,
+        model: nn.Module,
+        loss: str | Loss,
+        factors: dict[str, tuple[Tensor, Tensor]],
+        n_data: int,
+        reduction: str = "mean",
+        param_names: str | Sequence[str] | None = None,
+        conv_approx: str = "expand",
+    ) -> KFAC:
+        """A KFAC with given factors {layer: (A, G)} (e.g. restored from a state dict), no data pass."""
+        kfac = cls(model, loss, _NO_DATA, reduction, param_names, conv_approx)
+        if sorted(factors) != sorted(kfac.layers):
+            raise InputError(
+                f"factors are given for layers {sorted(factors)}, the model's KFAC layers are "
+                f"{sorted(kfac.layers)}"
+            )
+        for la in kfac._layers:
+            A, G = factors[la.name]
+            if tuple(A.shape) != (la.d, la.d) or tuple(G.shape) != (la.n_out, la.n_out):
+                raise InputError(
+                    f"factors of layer {la.name!r} must have shapes ({la.d}, {la.d}) and "
+                    f"({la.n_out}, {la.n_out}), got {tuple(A.shape)} and {tuple(G.shape)}"
+                )
+            kw = {"dtype": kfac.dtype, "device": kfac.device}
+            kfac.factors[la.name] = (A.to(**kw).clone(), G.to(**kw).clone())
+        kfac.n_data = int(n_data)
+        return kfac
 
     # ---- factor computation --------------------------------------------------------------
     def _compute(self, data: Iterable[Any]) -> dict[str, tuple[Tensor, Tensor]]:

@@ -124,38 +124,6 @@ class DiagonalCurvature:
         return cls(state["diagonal"].clone(), state["scale"], *module_groups(model, param_names))
 
 
-class _StoredKFAC(KFAC):
-    """A KFAC whose factors are given instead of computed from data."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: str,
-        factors: dict[str, tuple[Tensor, Tensor]],
-        n_data: int,
-        param_names: Sequence[str],
-        conv_approx: str,
-    ) -> None:
-        self._stored = (factors, n_data)
-        super().__init__(model, loss, [], "sum", param_names, conv_approx)
-
-    def _compute(self, data: Iterable[Any]) -> dict[str, tuple[Tensor, Tensor]]:
-        factors, n_data = self._stored
-        if sorted(factors) != sorted(la.name for la in self._layers):
-            raise InputError(
-                f"stored KFAC layers {sorted(factors)} do not match the model's layers "
-                f"{sorted(la.name for la in self._layers)}"
-            )
-        out = {}
-        for la in self._layers:
-            A, G = factors[la.name]
-            if A.shape != (la.d, la.d) or G.shape != (la.n_out, la.n_out):
-                raise InputError(f"stored KFAC factors of layer {la.name!r} have wrong shapes")
-            out[la.name] = (A.to(self.dtype).clone(), G.to(self.dtype).clone())
-        self.n_data = int(n_data)
-        return out
-
-
 class KroneckerCurvature:
     """sH + diag δ with H = KFAC block diagonal G_l ⊗ A_l; solves via the KFAC object."""
 
@@ -225,8 +193,8 @@ class KroneckerCurvature:
         cls, state: dict[str, Any], model: nn.Module, loss: str, param_names: Sequence[str]
     ) -> KroneckerCurvature:
         """Rebuild the KFAC object from stored factors (no data pass)."""
-        kfac = _StoredKFAC(
-            model, loss, state["factors"], state["n_data"], param_names, state["conv_approx"]
+        kfac = KFAC.from_factors(
+            model, loss, state["factors"], state["n_data"], "sum", param_names, state["conv_approx"]
         )
         return cls(kfac, state["scale"])
 
