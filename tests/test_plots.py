@@ -118,3 +118,30 @@ def test_line_plot_bad_input(tmp_path: Path, kwargs) -> None:
     with pytest.raises(InputError):
         plots.line_plot(path=tmp_path / name, xlabel="x", ylabel="y", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_heatmap_writes_png(tmp_path: Path) -> None:
+    target = tmp_path / "r.png"
+    matrix = [[0.9, 0.5, float("nan")], [0.1, 1.0, 0.7]]
+    out = plots.heatmap(matrix, target, ["a", "b"], ["x", "y", "z"], "after", "task", "t")
+    assert out == target and target.read_bytes()[:8] == PNG_MAGIC
+    plots.heatmap(torch.rand(3, 3), target, "abc", "abc", vmin=-1.0, vmax=2.0, fmt="{:.1f}")
+    _only(tmp_path, "r.png")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"matrix": [1.0, 2.0], "rows": "a", "cols": "ab"},
+        {"matrix": [[]], "rows": "a", "cols": ""},
+        {"matrix": [[1.0, 2.0]], "rows": "ab", "cols": "ab"},
+        {"matrix": [[float("inf")]], "rows": "a", "cols": "a"},
+        {"matrix": [["x"]], "rows": "a", "cols": "a"},
+        {"matrix": [[0.5]], "rows": "a", "cols": "a", "vmin": 1.0, "vmax": 0.0},
+    ],
+)
+def test_heatmap_bad_input(tmp_path: Path, kwargs) -> None:
+    rows, cols = kwargs.pop("rows"), kwargs.pop("cols")
+    with pytest.raises(InputError):
+        plots.heatmap(path=tmp_path / "r.png", row_labels=rows, col_labels=cols, **kwargs)
+    assert list(tmp_path.iterdir()) == []

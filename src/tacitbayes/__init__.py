@@ -13,6 +13,7 @@ from tacitbayes import (  # noqa: E402
     metrics,
     models,
     optim,
+    priors,
     variational,
 )
 from tacitbayes.errors import (  # noqa: E402
@@ -43,6 +44,7 @@ __all__ = [
     "metrics",
     "models",
     "optim",
+    "priors",
     "train_map",
     "variational",
 ]

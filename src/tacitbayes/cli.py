@@ -18,6 +18,8 @@ COMMANDS = (
     "tacitbayes.experiments.compare_cli",
     "tacitbayes.experiments.linsys",
     "tacitbayes.experiments.eos_cli",
+    "tacitbayes.experiments.bound_cli",
+    "tacitbayes.experiments.continual_cli",
 )
 
 

@@ -1,4 +1,4 @@
-"""Plots for experiments: reliability diagrams and a generic line plot.
+"""Plots for experiments: reliability diagrams, a generic line plot and a heat-map.
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas
 directly, never through ``pyplot``, so no global backend state is touched and
@@ -23,7 +23,7 @@ from tacitbayes.errors import InputError
 from tacitbayes.io import atomic_path
 from tacitbayes.metrics import reliability_bins
 
-__all__ = ["line_plot", "reliability_diagram"]
+__all__ = ["heatmap", "line_plot", "reliability_diagram"]
 
 _BIN_KEYS = ("confidence", "accuracy", "count")
 
@@ -203,4 +203,62 @@ def line_plot(
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
+    return _save_atomic(fig, path)
+
+
+def heatmap(
+    matrix: Any,
+    path: str | Path,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    fmt: str = "{:.2f}",
+) -> Path:
+    """Colour-coded matrix M[i, j] (row i, column j) with each value written in its cell.
+
+    ``matrix`` is a 2-D sequence, array or tensor; NaN cells stay blank. Colours span
+    [vmin, vmax]. Returns ``path``.
+    """
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().numpy()
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError("matrix must be a 2-D array of numbers") from exc
+    if m.ndim != 2 or m.size == 0:
+        raise InputError(f"matrix must be a non-empty 2-D array, got shape {m.shape}")
+    if np.isinf(m).any():
+        raise InputError("matrix holds infinite values")
+    if (len(row_labels), len(col_labels)) != m.shape:
+        raise InputError(
+            f"need {m.shape[0]} row and {m.shape[1]} column labels, "
+            f"got {len(row_labels)} and {len(col_labels)}"
+        )
+    if not (math.isfinite(vmin) and math.isfinite(vmax) and vmin < vmax):
+        raise InputError(f"need finite vmin < vmax, got {vmin} and {vmax}")
+
+    rows, cols = m.shape
+    size = (max(4.0, 1.5 + 0.75 * cols), max(3.0, 1.0 + 0.6 * rows))
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=vmin, vmax=vmax)
+    fig.colorbar(image, ax=ax, shrink=0.9)
+    middle = (vmin + vmax) / 2
+    for i in range(rows):
+        for j in range(cols):
+            if np.isfinite(m[i, j]):
+                color = "black" if m[i, j] > middle else "white"
+                ax.text(
+                    j, i, fmt.format(m[i, j]), ha="center", va="center", color=color, fontsize=8
+                )
+    ax.set_xticks(range(cols), [str(c) for c in col_labels])
+    ax.set_yticks(range(rows), [str(r) for r in row_labels])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize="medium")
     return _save_atomic(fig, path)

@@ -13,13 +13,6 @@ from tacitbayes.experiments.eos import EosSettings, checks, run_specs, summarize
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _eos_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register the command even before cli.COMMANDS lists it."""
-    if "tacitbayes.experiments.eos_cli" not in cli.COMMANDS:
-        monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "tacitbayes.experiments.eos_cli"))
-
-
 def test_quick_run_writes_results_report_and_plots(tmp_path: Path, capsys) -> None:
     out = tmp_path / "eos"
     assert cli.main(["eos", "--quick", "--no-progress", "--out", str(out)]) == 0

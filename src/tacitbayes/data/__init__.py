@@ -1,4 +1,4 @@
-"""Data sets (digits, fashion-mnist, mnist), splits, rotation shift and OOD pairs."""
+"""Data sets (digits, fashion-mnist, mnist), splits, rotation shift, OOD pairs and task sequences."""
 
 from tacitbayes.data.datasets import (
     DATASETS,
@@ -10,15 +10,19 @@ from tacitbayes.data.datasets import (
 )
 from tacitbayes.data.idx import read_idx, write_idx
 from tacitbayes.data.shifts import rotate
+from tacitbayes.data.tasks import Task, rotated_tasks, split_tasks
 
 __all__ = [
     "DATASETS",
     "OOD_PAIRS",
     "BatchLoader",
     "DataBundle",
+    "Task",
     "load_dataset",
     "minibatches",
     "read_idx",
     "rotate",
+    "rotated_tasks",
+    "split_tasks",
     "write_idx",
 ]

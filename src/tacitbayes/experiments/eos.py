@@ -41,6 +41,7 @@ from tacitbayes.dynamics import (
 )
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.eos_report import write_outputs
+from tacitbayes.experiments.runtime import torch_threads
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON, VariationalGD
 from tacitbayes.training import classification_loss
@@ -312,13 +313,8 @@ def checks(runs: dict[str, dict[str, Any]], s: EosSettings) -> dict[str, Any]:
 def run_eos(settings: EosSettings) -> dict[str, Any]:
     """Run GD, VGD (σ × N_s grid) and IVON from one initialization; write results, report, plots."""
     s = settings.resolved()
-    previous_threads = torch.get_num_threads()
-    if s.threads is not None:
-        torch.set_num_threads(s.threads)
-    try:
+    with torch_threads(s.threads):
         return _run(s)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(s: EosSettings) -> dict[str, Any]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 import tacitbayes
 from tacitbayes.errors import InputError
 from tacitbayes.experiments import linsys_studies as studies
+from tacitbayes.experiments.runtime import torch_threads
 from tacitbayes.io import write_json, write_text
 
 PLOTS = (
@@ -103,16 +102,6 @@ FIXED = {
 }
 
 
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_linsys(settings: LinsysSettings) -> dict[str, Any]:
     """Run the four studies, write results.json, report.md and the plots into ``out``."""
     size, grid = settings.sizes(), settings.grids()
@@ -122,7 +111,7 @@ def run_linsys(settings: LinsysSettings) -> dict[str, Any]:
     n, d, k = size["n"], size["d"], size["k"]
     seconds: dict[str, float] = {}
     results: dict[str, Any] = {}
-    with _single_thread():
+    with torch_threads(1):
         start = time.perf_counter()
         results["closed_form"] = studies.closed_form_study(n, d, grid["n_inits"], seed, out)
         seconds["closed_form"] = time.perf_counter() - start

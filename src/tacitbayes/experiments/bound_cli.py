@@ -1,0 +1,134 @@
+"""Command-line wiring of `tacitbayes bound`."""
+
+from __future__ import annotations
+
+import argparse
+
+from tacitbayes.experiments.cli_types import comma_list, positive_float, positive_int
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    values = tuple(positive_float(v) for v in comma_list(text))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected class numbers like 0,1,2, got {text!r}"
+        ) from None
+    if not values or len(set(values)) != len(values) or not all(0 <= v <= 9 for v in values):
+        raise argparse.ArgumentTypeError(f"expected distinct classes in 0..9, got {text!r}")
+    return values
+
+
+def _probability(text: str) -> float:
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text}")
+    return value
+
+
+def add_subparser(sub: argparse._SubParsersAction) -> None:
+    """Add the `bound` command to the sub-command parsers."""
+    p = sub.add_parser(
+        "bound",
+        help="PAC-Bayes bounds on a target task: learned Kronecker prior vs isotropic priors",
+        description="Train on the source classes, turn the Laplace posterior into a prior "
+        "N(w_src, (β F_src + α δ I)⁻¹), train on the target classes and bound the 0-1 risk of "
+        "the target Laplace posterior (McAllester, Catoni, kl-inverse), against the isotropic "
+        "priors N(0, λ⁻¹I) and N(w_src, λ⁻¹I).",
+    )
+    p.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist or mnist")
+    p.add_argument("--model", default="mlp", help="mlp (default) or lenet")
+    p.add_argument("--width", type=positive_int, help="mlp width (digits 64, else 256)")
+    p.add_argument("--depth", type=positive_int, default=2, help="mlp hidden layers (2)")
+    p.add_argument("--activation", default="relu", help="activation (default relu)")
+    p.add_argument("--source-classes", type=_classes, default=(0, 1, 2, 3, 4), help="0,1,2,3,4")
+    p.add_argument("--target-classes", type=_classes, default=(5, 6, 7, 8, 9), help="5,6,7,8,9")
+    p.add_argument(
+        "--epochs", type=positive_int, help="epochs per MAP training (digits 40, else 6)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, help="Adam learning rate (digits 3e-3, else 1e-3)")
+    p.add_argument("--weight-decay", type=positive_float, default=1e-4)
+    p.add_argument("--delta", type=_probability, default=0.05, help="confidence 1 − δ (0.05)")
+    p.add_argument(
+        "--kind",
+        default="kl_inverse",
+        choices=("kl_inverse", "mcallester", "catoni"),
+        help="bound that picks the hyper-parameters (default kl_inverse)",
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=positive_int,
+        help="Monte Carlo draws per target example (mlp) or whole-network samples (lenet); 10",
+    )
+    p.add_argument("--selection-size", type=positive_int, help="examples for selection (4000)")
+    p.add_argument("--alphas", type=_floats, help="grid of α (default: α δ on the λ grid)")
+    p.add_argument("--betas", type=_floats, help="grid of β (0.01,0.1,1,10)")
+    p.add_argument("--taus", type=_floats, help="grid of posterior temperatures τ (1 … 0.1)")
+    p.add_argument(
+        "--lambdas", type=_floats, help="grid of isotropic precisions λ (10^-0.5 … 10^3.5)"
+    )
+    p.add_argument("--n-train", type=positive_int, help="training subset before the class split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for these small models on a busy CPU)",
+    )
+    p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
+    p.add_argument("--data-dir", help="directory with the data set's IDX files")
+    p.add_argument("--out", help="output directory (default runs/bound-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_bound)
+
+
+def _run_bound(args: argparse.Namespace) -> int:
+    from tacitbayes.experiments.bound import BoundSettings, run_bound
+    from tacitbayes.experiments.bound_report import format_table
+
+    settings = BoundSettings(
+        dataset=args.dataset,
+        model=args.model,
+        width=args.width,
+        depth=args.depth,
+        activation=args.activation,
+        source_classes=args.source_classes,
+        target_classes=args.target_classes,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        delta=args.delta,
+        kind=args.kind,
+        mc_samples=args.mc_samples,
+        selection_size=args.selection_size,
+        alphas=args.alphas,
+        betas=args.betas,
+        taus=args.taus,
+        lambdas=args.lambdas,
+        n_train=args.n_train,
+        seed=args.seed,
+        threads=args.threads,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    results = run_bound(settings)
+    print(
+        f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters): "
+        f"classes {results['source_classes']} → {results['target_classes']}, "
+        f"{results['n_target']} target examples, δ = {results['delta']}"
+    )
+    print(format_table(results))
+    print("checks: " + ", ".join(f"{k}={v}" for k, v in results["checks"].items()))
+    print(f"wrote {results['out']}/results.json, report.md, bounds.png")
+    return 0

@@ -1,0 +1,91 @@
+"""`tacitbayes bound`: a quick end-to-end run, its outputs, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tacitbayes import cli
+from tacitbayes.experiments import bound_cli
+from tacitbayes.experiments.bound import FAMILIES, BoundSettings
+from tacitbayes.experiments.cli_types import OneLineErrorParser
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_quick_run_writes_results_report_and_plot(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bound"
+    assert cli.main(["bound", "--quick", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "learned" in printed and "kl-inverse" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "digits" and results["model"] == "mlp"
+    assert results["source_classes"] == [0, 1, 2, 3, 4] and results["n_target"] > 100
+    assert set(results["priors"]) == set(FAMILIES)
+    for name, row in results["priors"].items():
+        for key in ("test_error", "map_test_error", "mc_risk", "emp_risk_upper", "kl"):
+            assert isinstance(row[key], float), (name, key)
+        assert row["mc_draws"] == 2 * results["n_target"]
+        assert row["emp_risk_upper"] >= row["mc_risk"]
+        for key in ("mcallester", "catoni", "kl_inverse"):
+            assert row[key] >= row["emp_risk_upper"], (name, key)
+        assert row["kl_inverse"] <= 1 and row["kl"] >= 0
+        assert row["prior_independence"] == "verified"
+        assert row["grid_size"] == 2
+    assert set(results["priors"]["learned"]["hyperparameters"]) == {"alpha", "beta", "tau"}
+    assert results["checks"]["bounds_above_mc_risk"]
+    assert (out / "report.md").read_text().startswith("# tacitbayes bound")
+    assert (out / "bounds.png").stat().st_size > 1000
+
+
+def _parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog="tacitbayes")
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineErrorParser)
+    bound_cli.add_subparser(sub)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--delta", "1.5"], "--delta"),
+        (["--source-classes", "0,11"], "--source-classes"),
+        (["--kind", "pinsker"], "--kind"),
+        (["--alphas", "1,-2"], "--alphas"),
+        (["--mc-samples", "0"], "--mc-samples"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv: list[str], match: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["bound", *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and match in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--source-classes", "0,1", "--target-classes", "1,2"], "overlap"),
+        (["--source-classes", "0,1", "--target-classes", "2"], "same number of classes"),
+        (["--dataset", "cifar"], "unknown dataset"),
+        (["--model", "resnet"], "bound supports the models"),
+    ],
+)
+def test_bad_settings_fail_cleanly(argv: list[str], match: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["bound", "--quick", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert match in err, err
+    assert not out.exists()
+
+
+def test_settings_fill_defaults() -> None:
+    s = BoundSettings(dataset="fashion-mnist").resolved()
+    assert s.width == 256 and s.rounds == 2 and s.mc_samples == 10 and s.alphas is None
+    assert len(s.lambdas) == 17 and s.threads == 1
+    q = BoundSettings(quick=True).resolved()
+    assert q.rounds == 1 and q.epochs == 3 and q.taus == (1.0, 0.1)
