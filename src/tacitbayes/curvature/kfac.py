@@ -47,14 +47,14 @@ from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.linalg import KroneckerProduct
 
-__all__ = ["KFAC"]
+__all__ = ["KFAC", "FactoredLayer", "find_layers"]
 
 CONV_APPROX = ("expand", "reduce")
 _NO_DATA = object()  # from_factors: build the layer structure without a data pass
 
 
 @dataclass
-class _Layer:
+class FactoredLayer:
     """One Kronecker-factored layer: module, which parameters are free, flat positions of W̃."""
 
     name: str
@@ -72,8 +72,8 @@ def _label(name: str, module: nn.Module) -> str:
     return f"{name!r} ({kind})" if name else f"the root module ({kind})"
 
 
-def _find_layers(model: nn.Module, selected: tuple[str, ...]) -> list[_Layer]:
-    """Map every selected parameter to a supported layer; InputError for anything else."""
+def find_layers(model: nn.Module, selected: tuple[str, ...]) -> list[FactoredLayer]:
+    """Linear/Conv2d layers owning the selected parameters, in the W̃ = [W, b] layout (else InputError)."""
     live = dict(model.named_parameters())
     offset, start = {}, 0
     for n in selected:
@@ -121,11 +121,13 @@ def _find_layers(model: nn.Module, selected: tuple[str, ...]) -> list[_Layer]:
             index[:, :n_feat] = offset[w] + torch.arange(n_out * n_feat).reshape(n_out, n_feat)
         if b is not None:
             index[:, n_feat] = offset[b] + torch.arange(n_out)
-        layers.append(_Layer(mname, mod, w is not None, b is not None, index.reshape(-1), n_out, d))
+        layers.append(
+            FactoredLayer(mname, mod, w is not None, b is not None, index.reshape(-1), n_out, d)
+        )
     return layers
 
 
-def _locations(layer: _Layer, a: Tensor, n: int) -> Tensor:
+def _locations(layer: FactoredLayer, a: Tensor, n: int) -> Tensor:
     """Layer inputs a of shape (N, T, features): unfolded patches (Conv2d) or tokens (Linear)."""
     mod = layer.module
     conv = isinstance(mod, nn.Conv2d)
@@ -145,7 +147,7 @@ def _locations(layer: _Layer, a: Tensor, n: int) -> Tensor:
     return a.reshape(n, -1, a.shape[-1])
 
 
-def _input_moment(layer: _Layer, a: Tensor, reduce: bool) -> tuple[Tensor, int]:
+def _input_moment(layer: FactoredLayer, a: Tensor, reduce: bool) -> tuple[Tensor, int]:
     """Σ_r ã_r ã_rᵀ over rows r (locations, or per-example location means) and the row count.
 
     ã = [a, 1] is never formed: the bias row/column is Σ_r a_r and the corner the count.
@@ -162,7 +164,7 @@ def _input_moment(layer: _Layer, a: Tensor, reduce: bool) -> tuple[Tensor, int]:
     return m, int(rows.shape[0])
 
 
-def _out_locations(layer: _Layer, g: Tensor) -> Tensor:
+def _out_locations(layer: FactoredLayer, g: Tensor) -> Tensor:
     """Output gradients (N, out, H, W) or (N, *, out) as (N, T, out)."""
     if isinstance(layer.module, nn.Conv2d):
         return g.flatten(2).transpose(1, 2)
@@ -212,7 +214,7 @@ class KFAC(LinearOperator):
         params, dtype, device = _free_params(self.fmodel)
         n_p = sum(int(t.numel()) for t in params.values())
         super().__init__((n_p, n_p), dtype, device, symmetric=True)
-        self._layers = _find_layers(model, self.param_names)
+        self._layers = find_layers(model, self.param_names)
         for la in self._layers:
             la.index = la.index.to(device)
         self._by_name = {la.name: la for la in self._layers}
@@ -287,7 +289,7 @@ class KFAC(LinearOperator):
         outs: dict[str, Tensor] = {}
         counts: dict[str, int] = {}
 
-        def make_hook(layer: _Layer) -> Callable[..., Tensor]:
+        def make_hook(layer: FactoredLayer) -> Callable[..., Tensor]:
             def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
                 if layer.name in outs:
                     raise InputError(
@@ -341,7 +343,7 @@ class KFAC(LinearOperator):
         """Names of the factored modules, in ``named_modules()`` order."""
         return [la.name for la in self._layers]
 
-    def _layer(self, name: str) -> _Layer:
+    def _layer(self, name: str) -> FactoredLayer:
         if name not in self._by_name:
             raise InputError(f"unknown KFAC layer {name!r}; layers are {self.layers}")
         return self._by_name[name]
@@ -363,7 +365,7 @@ class KFAC(LinearOperator):
         )
 
     # ---- products and dense views ------------------------------------------------------------
-    def _blockwise(self, v: Tensor, fn: Callable[[_Layer, Tensor], Tensor]) -> Tensor:
+    def _blockwise(self, v: Tensor, fn: Callable[[FactoredLayer, Tensor], Tensor]) -> Tensor:
         """Apply fn to every layer's W̃ blocks (k, out, d) of the columns of v (P, k); scatter back."""
         k = v.shape[1]
         out = torch.zeros_like(v)
@@ -375,7 +377,7 @@ class KFAC(LinearOperator):
     def _matmat(self, v: Tensor) -> Tensor:
         """Blockwise W̃ ↦ G W̃ A (A symmetric) on the columns of v (P, k)."""
 
-        def one(la: _Layer, w: Tensor) -> Tensor:
+        def one(la: FactoredLayer, w: Tensor) -> Tensor:
             A, G = self.factors[la.name]
             return G @ w @ A
 
@@ -446,7 +448,7 @@ class KFAC(LinearOperator):
         V, was_vector = self._checked(v)
         damped = self._damped(prior_precision)
 
-        def one(la: _Layer, w: Tensor) -> Tensor:
+        def one(la: FactoredLayer, w: Tensor) -> Tensor:
             _, q_g, _, q_a = self._eigh(la.name)
             return q_g @ ((q_g.mT @ w @ q_a) / damped[la.name]) @ q_a.mT
 
@@ -462,7 +464,7 @@ class KFAC(LinearOperator):
         Z, was_vector = self._checked(z)
         damped = self._damped(prior_precision)
 
-        def one(la: _Layer, w: Tensor) -> Tensor:
+        def one(la: FactoredLayer, w: Tensor) -> Tensor:
             _, q_g, _, q_a = self._eigh(la.name)
             return q_g @ (w * damped[la.name].rsqrt()) @ q_a.mT
 

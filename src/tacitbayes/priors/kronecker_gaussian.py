@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.curvature.kfac import KFAC, _find_layers
+from tacitbayes.curvature.kfac import KFAC, find_layers
 from tacitbayes.errors import InputError
 from tacitbayes.functional import resolve_param_names, unflatten
 from tacitbayes.linalg import KroneckerProduct, KroneckerProductSum, nearest_kronecker
@@ -67,7 +67,7 @@ class ParameterLayout:
         live = dict(model.named_parameters())
         self.shapes = {n: tuple(live[n].shape) for n in self.param_names}
         self.slots: list[LayerSlot] = []
-        for la in _find_layers(model, self.param_names):
+        for la in find_layers(model, self.param_names):
             prefix = f"{la.name}." if la.name else ""
             self.slots.append(
                 LayerSlot(
