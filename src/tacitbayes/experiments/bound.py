@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -43,12 +42,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import tacitbayes
 from tacitbayes.curvature import KFAC
 from tacitbayes.data import DATASETS, BatchLoader, load_dataset
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.bound_report import write_outputs
-from tacitbayes.experiments.runtime import torch_threads
+from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.models import build_model
 from tacitbayes.posteriors import Laplace
 from tacitbayes.priors import (
@@ -408,11 +406,7 @@ def _run(s: BoundSettings) -> dict[str, Any]:
         "checks": checks(rows),
         "seconds": time.perf_counter() - start,
         "settings": asdict(s),
-        "versions": {
-            "tacitbayes": tacitbayes.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
     write_outputs(results, out)
     results["out"] = str(out)

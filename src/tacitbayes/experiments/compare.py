@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,12 +10,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import tacitbayes
 from tacitbayes import plots
 from tacitbayes.data import DataBundle, load_dataset
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.evaluate import evaluate_predictor
 from tacitbayes.experiments.methods import FitContext, get_method
+from tacitbayes.experiments.runtime import versions
 from tacitbayes.io import write_json, write_text
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
@@ -188,11 +187,7 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
         "train_history": history,
         "methods": methods,
         "settings": {k: v for k, v in asdict(settings).items()},
-        "versions": {
-            "tacitbayes": tacitbayes.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
     y_test = data.test.tensors[1]
     plots.reliability_diagram(

@@ -27,7 +27,6 @@ seen task i); backward transfer (1/(T−1)) Σ_{i<T−1} (R[i][T−1] − R[i][i
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,12 +34,11 @@ from typing import Any
 
 import torch
 
-import tacitbayes
 from tacitbayes.data import Task, load_dataset, rotated_tasks, split_tasks
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.continual_report import write_outputs
 from tacitbayes.experiments.continual_sequence import DIAGONAL_CURVATURES, METHODS, run_sequence
-from tacitbayes.experiments.runtime import torch_threads
+from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig
 
@@ -284,11 +282,7 @@ def _run(s: ContinualSettings) -> dict[str, Any]:
         "last task, over the grid `strengths` (same grid and rule for every prior)",
         "methods": methods,
         "settings": asdict(s),
-        "versions": {
-            "tacitbayes": tacitbayes.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
     write_outputs(results, out)
     results["out"] = str(out)

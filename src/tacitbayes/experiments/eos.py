@@ -20,7 +20,6 @@ records, and its final sharpness the mean over the same records.
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -30,7 +29,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import tacitbayes
 from tacitbayes.data import load_dataset
 from tacitbayes.dynamics import (
     SharpnessTracker,
@@ -41,7 +39,7 @@ from tacitbayes.dynamics import (
 )
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.eos_report import write_outputs
-from tacitbayes.experiments.runtime import torch_threads
+from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON, VariationalGD
 from tacitbayes.training import classification_loss
@@ -351,11 +349,7 @@ def _run(s: EosSettings) -> dict[str, Any]:
         "runs": runs,
         "checks": checks(runs, s),
         "settings": asdict(s),
-        "versions": {
-            "tacitbayes": tacitbayes.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
     write_outputs(results, out)
     results["out"] = str(out)

@@ -12,18 +12,14 @@ are small, and thread hand-offs cost more than they save.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import tacitbayes
 from tacitbayes.errors import InputError
 from tacitbayes.experiments import linsys_studies as studies
-from tacitbayes.experiments.runtime import torch_threads
+from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.io import write_json, write_text
 
 PLOTS = (
@@ -134,11 +130,7 @@ def run_linsys(settings: LinsysSettings) -> dict[str, Any]:
         seconds["first_layer"] = time.perf_counter() - start
     results["seconds"] = seconds
     results["settings"] = {**asdict(settings), **size, **grid, **FIXED}
-    results["versions"] = {
-        "tacitbayes": tacitbayes.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    results["versions"] = versions()
     results["plots"] = list(PLOTS)
     write_text(out / "report.md", _report(results))
     write_json(out / "results.json", results)

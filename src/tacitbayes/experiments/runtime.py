@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["torch_threads"]
+import tacitbayes
+
+__all__ = ["torch_threads", "versions"]
+
+
+def versions() -> dict[str, str]:
+    """The versions a result was produced with: tacitbayes, torch and Python."""
+    return {
+        "tacitbayes": tacitbayes.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 @contextmanager
