@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from tacitbayes.experiments.cli_types import comma_list, positive_float, positive_int
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    values = tuple(positive_float(v) for v in comma_list(text))
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+from tacitbayes.experiments.cli_types import (
+    add_run_options,
+    comma_list,
+    positive_float,
+    positive_floats,
+    positive_int,
+)
 
 
 def _classes(text: str) -> tuple[int, ...]:
@@ -69,24 +68,16 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         help="Monte Carlo draws per target example (mlp) or whole-network samples (lenet); 10",
     )
     p.add_argument("--selection-size", type=positive_int, help="examples for selection (4000)")
-    p.add_argument("--alphas", type=_floats, help="grid of α (default: α δ on the λ grid)")
-    p.add_argument("--betas", type=_floats, help="grid of β (0.01,0.1,1,10)")
-    p.add_argument("--taus", type=_floats, help="grid of posterior temperatures τ (1 … 0.1)")
+    p.add_argument("--alphas", type=positive_floats, help="grid of α (default: α δ on the λ grid)")
+    p.add_argument("--betas", type=positive_floats, help="grid of β (0.01,0.1,1,10)")
     p.add_argument(
-        "--lambdas", type=_floats, help="grid of isotropic precisions λ (10^-0.5 … 10^3.5)"
+        "--taus", type=positive_floats, help="grid of posterior temperatures τ (1 … 0.1)"
+    )
+    p.add_argument(
+        "--lambdas", type=positive_floats, help="grid of isotropic precisions λ (10^-0.5 … 10^3.5)"
     )
     p.add_argument("--n-train", type=positive_int, help="training subset before the class split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        help="torch CPU threads (default 1: fastest for these small models on a busy CPU)",
-    )
-    p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
-    p.add_argument("--data-dir", help="directory with the data set's IDX files")
-    p.add_argument("--out", help="output directory (default runs/bound-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(p, "bound")
     p.set_defaults(run=_run_bound)
 
 

@@ -38,3 +38,35 @@ def positive_float(text: str) -> float:
 def comma_list(text: str) -> tuple[str, ...]:
     """argparse type: 'a,b, c' -> ('a', 'b', 'c')."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def positive_floats(text: str) -> tuple[float, ...]:
+    """argparse type: '0.1,1' -> (0.1, 1.0), at least one value, each finite and > 0."""
+    values = tuple(positive_float(v) for v in comma_list(text))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """argparse type: '1,4' -> (1, 4), at least one value, each an integer ≥ 1."""
+    values = tuple(positive_int(v) for v in comma_list(text))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def add_run_options(p: argparse.ArgumentParser, command: str, quick: bool = True) -> None:
+    """The options every experiment shares: --seed, --threads, [--quick], --data-dir, --out, --no-progress."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: fastest for these small models on a busy CPU)",
+    )
+    if quick:
+        p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
+    p.add_argument("--data-dir", help="directory with the data set's IDX files")
+    p.add_argument("--out", help=f"output directory (default runs/{command}-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from tacitbayes.experiments.cli_types import comma_list, positive_float, positive_int
+from tacitbayes.experiments.cli_types import (
+    add_run_options,
+    comma_list,
+    positive_float,
+    positive_floats,
+    positive_int,
+)
 
 
 def _groups(text: str) -> tuple[tuple[int, ...], ...]:
@@ -27,13 +33,6 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}"
         ) from None
-
-
-def _positive_floats(text: str) -> tuple[float, ...]:
-    values = tuple(positive_float(v) for v in comma_list(text))
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
 
 
 def add_subparser(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +70,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (1e-3)")
     p.add_argument(
         "--strengths",
-        type=_positive_floats,
+        type=positive_floats,
         default=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6),
         help="grid of prior strengths β, chosen on validation (default 1,10,…,1e6)",
     )
@@ -87,11 +86,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         help="exact (GGN diagonal, default) or kfac (diagonal of KFAC) for the diagonal prior",
     )
     p.add_argument("--n-train", type=positive_int, help="training subset before the split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1)")
-    p.add_argument("--data-dir", help="directory with the data set's IDX files")
-    p.add_argument("--out", help="output directory (default runs/continual-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(p, "continual", quick=False)
     p.set_defaults(run=_run_continual)
 
 

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from tacitbayes.experiments.cli_types import comma_list, positive_float, positive_int
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    values = tuple(positive_float(v) for v in comma_list(text))
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    values = tuple(positive_int(v) for v in comma_list(text))
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+from tacitbayes.experiments.cli_types import (
+    add_run_options,
+    positive_float,
+    positive_floats,
+    positive_int,
+    positive_ints,
+)
 
 
 def _fraction(text: str) -> float:
@@ -46,23 +38,15 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, help="step size ρ (digits 0.08, else 0.04)")
     p.add_argument("--steps", type=positive_int, help="full-batch steps per run (default 1500)")
     p.add_argument("--record-every", type=positive_int, help="steps between sharpness records")
-    p.add_argument("--sigmas", type=_floats, help="VGD noise levels, comma-separated")
-    p.add_argument("--n-samples", type=_ints, default=(1, 4), help="VGD samples per step (1,4)")
+    p.add_argument("--sigmas", type=positive_floats, help="VGD noise levels, comma-separated")
+    p.add_argument(
+        "--n-samples", type=positive_ints, default=(1, 4), help="VGD samples per step (1,4)"
+    )
     p.add_argument("--no-ivon", action="store_true", help="skip the IVON run")
     p.add_argument("--ivon-lr", type=positive_float, help="IVON learning rate (default ρ)")
     p.add_argument("--ivon-hess-init", type=positive_float, default=1.0)
     p.add_argument("--tail", type=_fraction, default=0.4, help="fraction averaged at the end")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        help="torch CPU threads (default 1: fastest for these small full-batch models on a CPU)",
-    )
-    p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
-    p.add_argument("--data-dir", help="directory with the data set's IDX files")
-    p.add_argument("--out", help="output directory (default runs/eos-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_options(p, "eos")
     p.set_defaults(run=_run_eos)
 
 

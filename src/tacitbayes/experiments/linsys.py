@@ -19,6 +19,7 @@ from typing import Any
 
 from tacitbayes.errors import InputError
 from tacitbayes.experiments import linsys_studies as studies
+from tacitbayes.experiments.cli_types import positive_int
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.io import write_json, write_text
 
@@ -265,16 +266,6 @@ def _report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_subparser(sub: argparse._SubParsersAction) -> None:
     """Add the ``linsys`` sub-command to the ``tacitbayes`` parser's subparsers."""
     p = sub.add_parser(
@@ -285,10 +276,10 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         "min-ℓ1/min-ℓ2 solutions across init scale and depth, the sparse-recovery phase "
         "transition, and the first layer of a trained MLP.",
     )
-    p.add_argument("--n", type=_positive_int, help="equations (default 20; --quick 10)")
-    p.add_argument("--d", type=_positive_int, help="unknowns (default 60; --quick 30)")
-    p.add_argument("--k", type=_positive_int, help="nonzeros of the sparse signal (default 4)")
-    p.add_argument("--trials", type=_positive_int, help="problems per n/d in the phase transition")
+    p.add_argument("--n", type=positive_int, help="equations (default 20; --quick 10)")
+    p.add_argument("--d", type=positive_int, help="unknowns (default 60; --quick 30)")
+    p.add_argument("--k", type=positive_int, help="nonzeros of the sparse signal (default 4)")
+    p.add_argument("--trials", type=positive_int, help="problems per n/d in the phase transition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small grids (seconds, for tests)")
     p.add_argument("--out", help="output directory (default runs/linsys-<time>)")
