@@ -122,6 +122,18 @@ def test_lsqr_wide_matches_pinv(n: int, extra: int, seed: int) -> None:
     assert info.adjoint_applications == info.iterations + 1
 
 
+def test_lsqr_residual_history_is_the_true_residual_of_each_iterate() -> None:
+    g = torch.Generator().manual_seed(8)
+    A = torch.randn(15, 40, generator=g, dtype=DT)
+    B = torch.randn(15, 3, generator=g, dtype=DT)
+    _, info = lsqr(A, A.T, B, tol=1e-12, atol=0.0, least_squares_stop=False, max_iters=12)
+    assert len(info.relative_residual_history) == info.iterations == 12
+    for k in (1, 4, 12):  # LSQR is deterministic: stopping at k gives the k-th iterate
+        X, _ = lsqr(A, A.T, B, tol=1e-12, atol=0.0, least_squares_stop=False, max_iters=k)
+        true = torch.linalg.vector_norm(B - A @ X, dim=0) / torch.linalg.vector_norm(B, dim=0)
+        assert info.relative_residual_history[k - 1] == pytest.approx(float(true.max()), rel=1e-8)
+
+
 def test_lsqr_rank_deficient_consistent_and_vector() -> None:
     g = torch.Generator().manual_seed(5)
     A = torch.randn(12, 3, generator=g, dtype=DT) @ torch.randn(3, 8, generator=g, dtype=DT)

@@ -78,6 +78,19 @@ def test_samples_match_the_dense_projector(solver: str, options: dict) -> None:
     assert post.infos[0].max_residual < 1e-6 and post.infos[0].data_passes > 0
 
 
+def test_krylov_history_tracks_the_null_space_residual() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 3)).to(DT)
+    x, y = torch.randn(10, 30, dtype=DT), torch.randint(0, 3, (10,))
+    post = ProjectedPosterior(model, solver="krylov", tol=1e-2, max_iters=500).fit(_loader(x, y))
+    post.projected_noise(4)
+    info = post.infos[0]
+    assert len(info.history) == info.iterations and info.data_passes == info.iterations + 1
+    assert info.history[0] > info.history[-1] and info.history[-1] <= 1e-2
+    # the recurrence's last value is the residual measured afresh with the Jacobian
+    assert info.history[-1] == pytest.approx(info.max_residual, rel=1e-6)
+
+
 def test_linearised_samples_reproduce_the_training_predictions() -> None:
     model, x, y = _problem()
     post = ProjectedPosterior(model, tol=1e-12, max_iters=500, prior_precision=0.01).fit(

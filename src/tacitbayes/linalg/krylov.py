@@ -11,7 +11,7 @@ method), but each iteration applies the operator once to the whole block, so
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -51,6 +51,8 @@ class KrylovInfo:
     """Calls of the transpose operator (LSQR only)."""
     preconditioner_applications: int = 0
     """Calls of the preconditioner."""
+    relative_residual_history: list[float] = field(default_factory=list)
+    """LSQR: max over columns of ‖b − A x‖/‖b‖ after each iteration (from the recurrences)."""
 
 
 class _Counted:
@@ -315,6 +317,7 @@ def lsqr(
     active = arnorm > 0  # b = 0 or Aᵀb = 0: x = 0 is already the minimum-norm solution
     converged = ~active
     col_iters = torch.zeros(k, dtype=torch.int64, device=Bb.device)
+    history: list[float] = []
     it = 0
     while bool(active.any()) and it < max_iters:
         it += 1
@@ -349,6 +352,7 @@ def lsqr(
         test2 = _safe_div(arnorm, anorm * r2norm)
         t1 = test1 / (1 + _safe_div(anorm * xnorm, bnorm))
         rtol = tol + (tol if atol is None else atol) * _safe_div(anorm * xnorm, bnorm)
+        history.append(float(_safe_div(rnorm, bnorm).max()))
         done = (test1 <= rtol) | (r2norm == 0)
         if least_squares_stop:
             done = done | (test2 <= tol) | (1 + t1 <= 1) | (1 + test2 <= 1)
@@ -363,5 +367,6 @@ def lsqr(
         normal_residual_norms=arnorm,
         operator_applications=A.calls,
         adjoint_applications=AT.calls,
+        relative_residual_history=history,
     )
     return _out(X, was_vector), info

@@ -56,7 +56,9 @@ class ProjectionInfo:
     setup_seconds: float = 0.0
     seconds: float = 0.0
     residuals: list[float] = field(default_factory=list)  # ‖J𝒫v‖/‖Jv‖ per column
-    history: list[float] = field(default_factory=list)  # max residual after each pass
+    history: list[float] = field(default_factory=list)
+    """Max residual over the columns: alternating, after every checked sweep; Krylov, after
+    every LSQR iteration (iteration i has used i + 1 data passes), from LSQR's recurrences."""
 
     @property
     def max_residual(self) -> float:
@@ -151,7 +153,11 @@ def krylov_projection(
         least_squares_stop=False,
     )
     PV = V - X
-    info = ProjectionInfo(solver="krylov", iterations=lsqr_info.iterations)
+    info = ProjectionInfo(
+        solver="krylov",
+        iterations=lsqr_info.iterations,
+        history=lsqr_info.relative_residual_history,
+    )
     # JV, then one JVP and one VJP per iteration (the first VJP is LSQR's start-up)
     info.data_passes = 0.5 + 0.5 * (
         lsqr_info.operator_applications + lsqr_info.adjoint_applications
