@@ -23,6 +23,7 @@ from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
 from tacitbayes.variational import IBVIConfig, VariationalModel, fit_temperature, train_ibvi
 
+LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
 CANDIDATES = {
     "sgd": [0.02, 0.05, 0.1, 0.2],
     "adam": [1e-3, 3e-3],
@@ -42,7 +43,12 @@ def main() -> None:
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--n-train", type=int, default=None)
-    parser.add_argument("--only", default=None, help="e.g. sgd:0.05,adam:0.001")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="optimizer:lr[:layers[:rank]] items, e.g. sgd:0.05,adam:0.001:last2:2 "
+        "(layers: first_last (default), last2, last)",
+    )
     parser.add_argument("--parametrization", default="sp")
     parser.add_argument("--skip-map", action="store_true")
     args = parser.parse_args()
@@ -56,29 +62,39 @@ def main() -> None:
         return data.normalize(rotate(ev_x * data.std + data.mean, angle))
 
     results: dict = {"dataset": args.dataset, "epochs": args.epochs, "runs": {}}
-    torch.manual_seed(0)
-    model = build_model(args.model, data.input_shape, data.n_classes)
-    start = time.perf_counter()
-    train_map(model, data.train, TrainConfig(epochs=args.epochs, progress=False))
-    model.eval()
-    with torch.no_grad():
-        results["runs"]["map"] = _scores(lambda x: torch.softmax(model(x), -1), ev_x, ev_y, rotated)
-    results["runs"]["map"]["seconds"] = time.perf_counter() - start
-    print(json.dumps({"map": results["runs"]["map"]}), flush=True)
-    grid = [(o, lr) for o, lrs in CANDIDATES.items() for lr in lrs]
+    if not args.skip_map:
+        torch.manual_seed(0)
+        model = build_model(args.model, data.input_shape, data.n_classes)
+        start = time.perf_counter()
+        train_map(model, data.train, TrainConfig(epochs=args.epochs, progress=False))
+        model.eval()
+        with torch.no_grad():
+            row = _scores(lambda x: torch.softmax(model(x), -1), ev_x, ev_y, rotated)
+        row["seconds"] = time.perf_counter() - start
+        results["runs"]["map"] = row
+        print(json.dumps({"map": row}), flush=True)
+    grid = [(o, lr, "first_last", 8) for o, lrs in CANDIDATES.items() for lr in lrs]
     if args.only:
-        grid = [(o, float(lr)) for o, lr in (item.split(":") for item in args.only.split(","))]
-    for opt, lr in grid:
+        grid = []
+        for item in args.only.split(","):
+            fields = item.split(":") + ["first_last", "8"][len(item.split(":")) - 2 :]
+            grid.append((fields[0], float(fields[1]), fields[2], int(fields[3])))
+    for opt, lr, layer_choice, rank in grid:
         torch.manual_seed(0)
         net = build_model(args.model, data.input_shape, data.n_classes)
-        vnet = VariationalModel(net, rank=8, parametrization=args.parametrization)
+        names = [n for n, m in net.named_modules() if isinstance(m, LAYER_TYPES)]
+        layers = {"first_last": None, "last2": names[-2:], "last": names[-1:]}[layer_choice]
+        vnet = VariationalModel(
+            net, layers=layers, rank=rank, parametrization=args.parametrization
+        )
+        key = f"{opt}:{lr:g}:{layer_choice}:{rank}"
         start = time.perf_counter()
         config = IBVIConfig(epochs=args.epochs, optimizer=opt, lr=lr, progress=False)
         try:
             train_ibvi(vnet, data.train, config)
         except TrainingDivergedError:
-            results["runs"][f"{opt}:{lr:g}"] = {"diverged": True}
-            print(json.dumps({f"{opt}:{lr:g}": "diverged"}), flush=True)
+            results["runs"][key] = {"diverged": True}
+            print(json.dumps({key: "diverged"}), flush=True)
             continue
         seconds = time.perf_counter() - start
         gen = torch.Generator().manual_seed(1)
@@ -93,8 +109,8 @@ def main() -> None:
         )
         row.update({"temperature": temp, "seconds": seconds, "nll_T1": row_t1["nll"]})
         row["ece_T1"] = row_t1["ece"]
-        results["runs"][f"{opt}:{lr:g}"] = row
-        print(json.dumps({f"{opt}:{lr:g}": row}), flush=True)
+        results["runs"][key] = row
+        print(json.dumps({key: row}), flush=True)
     print(json.dumps(results, indent=2))
 
 

@@ -39,6 +39,19 @@ def test_ibvi_in_compare(tmp_path: Path, monkeypatch) -> None:
     assert row["accuracy"] > 0.6  # far above chance (0.1) after a few hundred steps
     assert row["train_seconds"] > 0 and row["temperature"] > 0
     assert row["ibvi_rank"] == 8 and row["ibvi_parametrization"] == "sp"
-    assert row["layers"] == ["1", "5"]
+    assert row["layers"] == ["5"]  # the last layer (chosen on validation NLL)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["methods"]["ibvi"]["accuracy"] == row["accuracy"]
+
+
+def test_variational_layer_choices() -> None:
+    from tacitbayes.errors import InputError
+    from tacitbayes.experiments.method_ibvi import variational_layers
+    from tacitbayes.models import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10, width=16)
+    assert variational_layers(model, "first_last") is None  # VariationalModel's default
+    assert variational_layers(model, "last_two") == ["3", "5"]
+    assert variational_layers(model, "last") == ["5"]
+    with pytest.raises(InputError, match="first_last, last_two, last"):
+        variational_layers(model, "middle")
