@@ -18,6 +18,7 @@ import torch
 
 from tacitbayes import metrics
 from tacitbayes.data import load_dataset, rotate
+from tacitbayes.data.datasets import DEFAULT_ANGLES
 from tacitbayes.errors import TrainingDivergedError
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
@@ -31,9 +32,11 @@ CANDIDATES = {
 
 
 def _scores(predict, x: torch.Tensor, y: torch.Tensor, raw_to_x) -> dict:
+    """Metrics in distribution, accuracy at 30° and 60°, and the mean over compare's angles."""
     out = metrics.evaluate(predict(x).double(), y)
-    for angle in (30.0, 60.0):
-        out[f"acc_rot{angle:g}"] = metrics.accuracy(predict(raw_to_x(angle)).double(), y)
+    shifted = {a: metrics.accuracy(predict(raw_to_x(a)).double(), y) for a in DEFAULT_ANGLES}
+    out["acc_rot30"], out["acc_rot60"] = shifted[30.0], shifted[60.0]
+    out["shift_accuracy"] = sum(shifted.values()) / len(shifted)
     return out
 
 
@@ -47,7 +50,7 @@ def main() -> None:
         "--only",
         default=None,
         help="optimizer:lr[:layers[:rank]] items, e.g. sgd:0.05,adam:0.001:last2:2 "
-        "(layers: first_last (default), last2, last)",
+        "(layers: first_last (default), last2, last; rank: an integer or diag)",
     )
     parser.add_argument("--parametrization", default="sp")
     parser.add_argument("--skip-map", action="store_true")
@@ -78,14 +81,19 @@ def main() -> None:
         grid = []
         for item in args.only.split(","):
             fields = item.split(":") + ["first_last", "8"][len(item.split(":")) - 2 :]
-            grid.append((fields[0], float(fields[1]), fields[2], int(fields[3])))
+            rank = fields[3]
+            grid.append((fields[0], float(fields[1]), fields[2], rank))
     for opt, lr, layer_choice, rank in grid:
         torch.manual_seed(0)
         net = build_model(args.model, data.input_shape, data.n_classes)
         names = [n for n, m in net.named_modules() if isinstance(m, LAYER_TYPES)]
         layers = {"first_last": None, "last2": names[-2:], "last": names[-1:]}[layer_choice]
         vnet = VariationalModel(
-            net, layers=layers, rank=rank, parametrization=args.parametrization
+            net,
+            layers=layers,
+            rank=1 if rank == "diag" else int(rank),
+            covariance="diagonal" if rank == "diag" else "lowrank",
+            parametrization=args.parametrization,
         )
         key = f"{opt}:{lr:g}:{layer_choice}:{rank}"
         start = time.perf_counter()
