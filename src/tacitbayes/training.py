@@ -8,7 +8,7 @@ of epoch e continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,38 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 1024
     return correct / max(total, 1)
 
 
+def minibatch_epoch(
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lr_at: Callable[[int], float],
+    epoch: int,
+    what: str = "training loss",
+    hint: str = "",
+) -> float:
+    """One epoch of steps θ ← opt(θ, ∇ℓ_b(θ)) at lr_at(step) × each group's ``lr_multiplier``; mean loss.
+
+    A non-finite loss raises TrainingDivergedError naming the (1-based) epoch and step.
+    """
+    total, count = 0.0, 0
+    for step, (x, y) in enumerate(batches):
+        base = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = base * group.get("lr_multiplier", 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(x, y)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"non-finite {what} at epoch {epoch + 1}, step {step + 1} "
+                f"(try a smaller learning rate){'; ' + hint if hint else ''}"
+            )
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+    return total / max(count, 1)
+
+
 def _load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
@@ -178,28 +210,17 @@ def train_map(
     )
     for epoch in bar:
         model.train()
-        total, count = 0.0, 0
-        batches = epoch_batches(train_set, config.batch_size, config.seed, epoch)
-        for step, (x, y) in enumerate(batches):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, epoch * steps_per_epoch + step, total_steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss = classification_loss(model(x), y, config.loss)
-            if not torch.isfinite(loss):
-                where = (
-                    f"last good checkpoint: {checkpoint}"
-                    if checkpoint
-                    else "no checkpoint was kept"
-                )
-                raise TrainingDivergedError(
-                    f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
-                    f"(try a smaller learning rate); {where}"
-                )
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        where = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was kept"
+        train_loss = minibatch_epoch(
+            optimizer,
+            epoch_batches(train_set, config.batch_size, config.seed, epoch),
+            lambda x, y: classification_loss(model(x), y, config.loss),
+            lambda step, e=epoch: learning_rate(config, e * steps_per_epoch + step, total_steps),
+            epoch,
+            what="training loss",
+            hint=where,
+        )
+        record = {"epoch": epoch + 1, "train_loss": train_loss}
         if val_set is not None:
             record["val_accuracy"] = evaluate_accuracy(model, val_set)
         result.history.append(record)

@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from tacitbayes.data import minibatches
-from tacitbayes.errors import InputError, TrainingDivergedError
-from tacitbayes.training import epoch_batches, scheduled_lr
+from tacitbayes.errors import InputError
+from tacitbayes.training import epoch_batches, minibatch_epoch, scheduled_lr
 from tacitbayes.variational.model import LOSSES, VariationalModel
 
 __all__ = ["IBVIConfig", "IBVIResult", "train_ibvi"]
@@ -105,26 +105,17 @@ def train_ibvi(
         range(config.epochs), desc="train IBVI", disable=not config.progress or None, leave=False
     )
     for epoch in bar:
-        total, count = 0.0, 0
-        batches = epoch_batches(train_set, config.batch_size, config.seed, epoch)
-        for step, (x, y) in enumerate(batches):
-            base = scheduled_lr(
-                config.lr, epoch * steps_per_epoch + step, total_steps, config.schedule
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = base * group["lr_multiplier"]
-            optimizer.zero_grad(set_to_none=True)
-            loss = vnet.expected_loss(x, y, n_samples=config.n_samples, loss=config.loss)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"non-finite expected loss at epoch {epoch + 1}, step {step + 1} "
-                    f"(try a smaller learning rate)"
-                )
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        train_loss = minibatch_epoch(
+            optimizer,
+            epoch_batches(train_set, config.batch_size, config.seed, epoch),
+            lambda x, y: vnet.expected_loss(x, y, n_samples=config.n_samples, loss=config.loss),
+            lambda step, e=epoch: scheduled_lr(
+                config.lr, e * steps_per_epoch + step, total_steps, config.schedule
+            ),
+            epoch,
+            what="expected loss",
+        )
+        record = {"epoch": epoch + 1, "train_loss": train_loss}
         if val_set is not None:
             record["val_accuracy_mean"] = mean_accuracy(vnet, val_set)
         result.history.append(record)
