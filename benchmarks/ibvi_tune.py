@@ -54,6 +54,7 @@ def main() -> None:
     )
     parser.add_argument("--parametrization", default="sp")
     parser.add_argument("--skip-map", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load_dataset(args.dataset, n_train=args.n_train, ood=False)
@@ -66,10 +67,12 @@ def main() -> None:
 
     results: dict = {"dataset": args.dataset, "epochs": args.epochs, "runs": {}}
     if not args.skip_map:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         model = build_model(args.model, data.input_shape, data.n_classes)
         start = time.perf_counter()
-        train_map(model, data.train, TrainConfig(epochs=args.epochs, progress=False))
+        train_map(
+            model, data.train, TrainConfig(epochs=args.epochs, seed=args.seed, progress=False)
+        )
         model.eval()
         with torch.no_grad():
             row = _scores(lambda x: torch.softmax(model(x), -1), ev_x, ev_y, rotated)
@@ -84,7 +87,7 @@ def main() -> None:
             rank = fields[3]
             grid.append((fields[0], float(fields[1]), fields[2], rank))
     for opt, lr, layer_choice, rank in grid:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         net = build_model(args.model, data.input_shape, data.n_classes)
         names = [n for n, m in net.named_modules() if isinstance(m, LAYER_TYPES)]
         layers = {"first_last": None, "last2": names[-2:], "last": names[-1:]}[layer_choice]
@@ -97,7 +100,9 @@ def main() -> None:
         )
         key = f"{opt}:{lr:g}:{layer_choice}:{rank}"
         start = time.perf_counter()
-        config = IBVIConfig(epochs=args.epochs, optimizer=opt, lr=lr, progress=False)
+        config = IBVIConfig(
+            epochs=args.epochs, optimizer=opt, lr=lr, seed=args.seed, progress=False
+        )
         try:
             train_ibvi(vnet, data.train, config)
         except TrainingDivergedError:
