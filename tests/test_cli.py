@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import write_fake_idx_dataset
 from tacitbayes.cli import main
@@ -48,11 +49,14 @@ def test_help_lists_commands(capsys) -> None:
 
 def test_compare_digits_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert main(["compare", *SMALL, "--out", str(out)]) == 0
+    before = torch.get_num_threads()
+    assert main(["compare", *SMALL, "--threads", "1", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == before  # the run's thread count is restored
     printed = capsys.readouterr().out
     assert "map" in printed and "accuracy" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "digits" and results["model"] == "mlp"
+    assert results["torch_threads"] == 1 and results["settings"]["threads"] == 1
     assert results["n_params"] == 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
     row = results["methods"]["map"]
     for key in (
@@ -116,6 +120,7 @@ def test_resume_and_checkpoint(tmp_path: Path, capsys) -> None:
         (["compare", "--checkpoint", "/nonexistent/map.pt"], "not found"),
         (["compare", "--resume"], "cannot resume"),
         (["compare", "--bogus"], "unrecognized arguments"),
+        (["compare", "--threads", "0"], "must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, match, tmp_path: Path, capsys) -> None:

@@ -15,7 +15,7 @@ from tacitbayes.data import DataBundle, load_dataset
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.evaluate import evaluate_predictor
 from tacitbayes.experiments.methods import FitContext, get_method
-from tacitbayes.experiments.runtime import versions
+from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.io import write_json, write_text
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
@@ -46,6 +46,7 @@ class CompareSettings:
     resume: bool = False
     out: str | None = None
     progress: bool = True
+    threads: int | None = None  # torch CPU threads for the run (None: torch's own setting)
 
     def train_config(self) -> TrainConfig:
         """The MAP training settings of this run."""
@@ -136,6 +137,13 @@ def format_table(results: dict[str, Any]) -> str:
 
 def run_compare(settings: CompareSettings) -> dict[str, Any]:
     """Train (or load) the MAP network, fit and evaluate each method, write results to ``out``."""
+    if settings.threads is not None and settings.threads < 1:
+        raise InputError(f"threads must be >= 1, got {settings.threads}")
+    with torch_threads(settings.threads):
+        return _run(settings)
+
+
+def _run(settings: CompareSettings) -> dict[str, Any]:
     data, model, config, factories = _prepare(settings)
     out = Path(settings.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +195,7 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
         "train_history": history,
         "methods": methods,
         "settings": {k: v for k, v in asdict(settings).items()},
+        "torch_threads": torch.get_num_threads(),
         "versions": versions(),
     }
     y_test = data.test.tensors[1]

@@ -43,6 +43,9 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue training from OUT/map.pt")
     p.add_argument("--out", help="output directory (default runs/compare-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (default: torch's own setting)"
+    )
     p.set_defaults(run=_run_compare)
 
 
@@ -73,6 +76,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         resume=args.resume,
         out=args.out,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     results = run_compare(settings)
     print(f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters)")
