@@ -183,6 +183,8 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         row, test_probs[name] = evaluate_predictor(predictor, data)
         row["fit_seconds"] = train_seconds if name == "map" else fit_seconds
         row.update(predictor.info)
+        if name != "map" and "train_seconds" in row and train_seconds > 0:
+            row["train_time_ratio"] = row["train_seconds"] / train_seconds  # vs MAP's training
         methods[name] = row
     results = {
         "dataset": data.name,

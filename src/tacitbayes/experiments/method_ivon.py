@@ -143,7 +143,7 @@ def train_ivon(
     info: dict[str, Any] = {
         "ivon": {k: v for k, v in asdict(settings).items()} | {"ess": float(settings.ess or n)},
         "ivon_epochs": config.epochs,
-        "ivon_train_seconds": seconds,
+        "train_seconds": seconds,
         "ivon_seconds_per_step": seconds / max(step, 1),
         "ivon_cpu_seconds_per_step": cpu / max(step, 1),
     }
