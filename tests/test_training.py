@@ -149,3 +149,34 @@ def test_cosine_schedule() -> None:
     assert learning_rate(config, 50, 100) == pytest.approx(0.05)
     assert learning_rate(config, 100, 100) == pytest.approx(0.0)
     assert learning_rate(TrainConfig(lr=0.1, schedule="constant"), 70, 100) == 0.1
+
+
+def test_minibatch_epoch_sets_group_rates_and_names_the_divergence() -> None:
+    from tacitbayes.training import minibatch_epoch
+
+    w = torch.nn.Parameter(torch.ones(2))
+    v = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([{"params": [w], "lr_multiplier": 0.5}, {"params": [v]}], lr=1.0)
+    batches = [(torch.ones(3, 2), torch.zeros(3)), (torch.ones(1, 2), torch.zeros(1))]
+    mean = minibatch_epoch(
+        opt, batches, lambda x, y: (x @ (w + v)).mean(), lambda s: 0.1 * (s + 1), 0
+    )
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.1), pytest.approx(0.2)]
+    # loss = Σ(w + v); steps subtract lr·mult: w after 0.05 + 0.1, v after 0.1 + 0.2
+    torch.testing.assert_close(w.detach(), torch.full((2,), 1 - 0.15))
+    torch.testing.assert_close(v.detach(), torch.full((2,), 1 - 0.3))
+    assert mean == pytest.approx((3 * 4.0 + 1 * (2 * 0.95 + 2 * 0.9)) / 4)  # batch-size weighted
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"non-finite expected loss at epoch 3, step 1 \(lower it\); see X",
+    ):
+        minibatch_epoch(
+            opt,
+            batches,
+            lambda x, y: torch.tensor(float("nan")),
+            lambda s: 0.1,
+            2,
+            what="expected loss",
+            hint="see X",
+            advice="lower it",
+        )

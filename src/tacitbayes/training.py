@@ -138,6 +138,7 @@ def minibatch_epoch(
     epoch: int,
     what: str = "training loss",
     hint: str = "",
+    advice: str = "try a smaller learning rate",
 ) -> float:
     """One epoch of steps θ ← opt(θ, ∇ℓ_b(θ)) at lr_at(step) × each group's ``lr_multiplier``; mean loss.
 
@@ -153,7 +154,7 @@ def minibatch_epoch(
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"non-finite {what} at epoch {epoch + 1}, step {step + 1} "
-                f"(try a smaller learning rate){'; ' + hint if hint else ''}"
+                f"({advice}){'; ' + hint if hint else ''}"
             )
         loss.backward()
         optimizer.step()

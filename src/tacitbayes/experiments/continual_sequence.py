@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from tacitbayes.curvature import KFAC
 from tacitbayes.curvature.operators import ggn_diagonal
 from tacitbayes.data import BatchLoader, Task
-from tacitbayes.errors import InputError, TrainingDivergedError
+from tacitbayes.errors import InputError
 from tacitbayes.priors.diagonal import DiagonalGaussian
 from tacitbayes.priors.kronecker_prior import KroneckerPrior
 from tacitbayes.training import (
@@ -45,6 +45,7 @@ from tacitbayes.training import (
     evaluate_accuracy,
     learning_rate,
     make_optimizer,
+    minibatch_epoch,
 )
 
 METHODS = ("finetune", "diagonal", "kronecker")
@@ -104,18 +105,15 @@ def _train_task(
         batches = epoch_batches(
             train, config.batch_size, config.seed, task_index * config.epochs + epoch
         )
-        for step, (x, y) in enumerate(batches):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, epoch * steps_per_epoch + step, total)
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(view(x), y) + prior.penalty(view) / n
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"non-finite training loss on task {task_index + 1}, epoch {epoch + 1}, "
-                    f"step {step + 1} (try a smaller learning rate or prior strength)"
-                )
-            loss.backward()
-            optimizer.step()
+        minibatch_epoch(
+            optimizer,
+            batches,
+            lambda x, y: F.cross_entropy(view(x), y) + prior.penalty(view) / n,
+            lambda step, e=epoch: learning_rate(config, e * steps_per_epoch + step, total),
+            epoch,
+            what=f"training loss on task {task_index + 1}",
+            advice="try a smaller learning rate or prior strength",
+        )
     view.eval()
 
 
