@@ -72,6 +72,7 @@ def test_resume_continues_exactly(digits, tmp_path: Path) -> None:
     resumed = _model(seed=123)  # weights come from the checkpoint, not from this init
     result = train_map(resumed, digits.train, _config(), checkpoint=short, resume=True)
     assert result.resumed_from == 2 and result.epochs_run == 2 and len(result.history) == 4
+    assert result.step_seconds > 0  # the two epochs of this call
     for pa, pb in zip(full.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(pa, pb)
 

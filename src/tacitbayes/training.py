@@ -8,6 +8,7 @@ of epoch e continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     epochs_run: int = 0
     resumed_from: int = 0
+    step_seconds: float = 0.0  # time in optimisation steps this call (no validation, no saving)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
@@ -212,6 +214,7 @@ def train_map(
     for epoch in bar:
         model.train()
         where = f"last good checkpoint: {checkpoint}" if checkpoint else "no checkpoint was kept"
+        epoch_start = time.perf_counter()
         train_loss = minibatch_epoch(
             optimizer,
             epoch_batches(train_set, config.batch_size, config.seed, epoch),
@@ -221,6 +224,7 @@ def train_map(
             what="training loss",
             hint=where,
         )
+        result.step_seconds += time.perf_counter() - epoch_start
         record = {"epoch": epoch + 1, "train_loss": train_loss}
         if val_set is not None:
             record["val_accuracy"] = evaluate_accuracy(model, val_set)
