@@ -10,6 +10,7 @@ from tacitbayes.experiments.cli_types import (
     positive_float,
     positive_floats,
     positive_int,
+    run_option_values,
 )
 
 
@@ -106,12 +107,7 @@ def _run_bound(args: argparse.Namespace) -> int:
         taus=args.taus,
         lambdas=args.lambdas,
         n_train=args.n_train,
-        seed=args.seed,
-        threads=args.threads,
-        quick=args.quick,
-        data_dir=args.data_dir,
-        out=args.out,
-        progress=not args.no_progress,
+        **run_option_values(args),
     )
     results = run_bound(settings)
     print(

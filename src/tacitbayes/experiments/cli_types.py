@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -70,3 +70,17 @@ def add_run_options(p: argparse.ArgumentParser, command: str, quick: bool = True
     p.add_argument("--data-dir", help="directory with the data set's IDX files")
     p.add_argument("--out", help=f"output directory (default runs/{command}-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings keywords of the options :func:`add_run_options` added (``quick`` if it did)."""
+    values = {
+        "seed": args.seed,
+        "threads": args.threads,
+        "data_dir": args.data_dir,
+        "out": args.out,
+        "progress": not args.no_progress,
+    }
+    if hasattr(args, "quick"):
+        values["quick"] = args.quick
+    return values

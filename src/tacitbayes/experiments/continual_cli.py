@@ -10,6 +10,7 @@ from tacitbayes.experiments.cli_types import (
     positive_float,
     positive_floats,
     positive_int,
+    run_option_values,
 )
 
 
@@ -112,11 +113,7 @@ def _run_continual(args: argparse.Namespace) -> int:
         delta=args.delta,
         diagonal_curvature=args.diagonal_curvature,
         n_train=args.n_train,
-        seed=args.seed,
-        threads=args.threads,
-        data_dir=args.data_dir,
-        out=args.out,
-        progress=not args.no_progress,
+        **run_option_values(args),
     )
     results = run_continual(settings)
     scenario = f"{results['scenario']}-incremental"

@@ -10,6 +10,7 @@ from tacitbayes.experiments.cli_types import (
     positive_floats,
     positive_int,
     positive_ints,
+    run_option_values,
 )
 
 
@@ -70,12 +71,7 @@ def _run_eos(args: argparse.Namespace) -> int:
         ivon_lr=args.ivon_lr,
         ivon_hess_init=args.ivon_hess_init,
         tail=args.tail,
-        seed=args.seed,
-        threads=args.threads,
-        quick=args.quick,
-        data_dir=args.data_dir,
-        out=args.out,
-        progress=not args.no_progress,
+        **run_option_values(args),
     )
     results = run_eos(settings)
     print(
