@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -26,10 +27,13 @@ from tacitbayes.errors import InputError
 
 __all__ = [
     "accuracy",
+    "auroc_from_scores",
     "brier",
     "ece",
     "evaluate",
+    "logit_variance",
     "max_probability",
+    "mutual_information",
     "nll",
     "ood_auroc",
     "predictive_entropy",
@@ -203,6 +207,36 @@ def ood_auroc(
             torch.ones(s_out.shape[0], dtype=torch.int64),
         ]
     ).numpy()
+    return float(roc_auc_score(target, scores))
+
+
+def mutual_information(sample_probs: torch.Tensor) -> torch.Tensor:
+    """BALD score per input: H[(1/S) Σ_s p_s] − (1/S) Σ_s H[p_s]; sample_probs of shape (S, N, C)."""
+    if not isinstance(sample_probs, torch.Tensor) or sample_probs.ndim != 3:
+        raise InputError("sample_probs must be a tensor of shape (S, N, C)")
+    p = sample_probs.to(torch.float64)
+    total = torch.special.entr(p.mean(0)).sum(-1)
+    return (total - torch.special.entr(p).sum(-1).mean(0)).clamp_min(0.0)
+
+
+def logit_variance(sample_logits: torch.Tensor) -> torch.Tensor:
+    """Summed predictive variance of the logits per input: Σ_c Var_s f_c; input (S, N, C)."""
+    if not isinstance(sample_logits, torch.Tensor) or sample_logits.ndim != 3:
+        raise InputError("sample_logits must be a tensor of shape (S, N, C)")
+    return sample_logits.to(torch.float64).var(0, unbiased=False).sum(-1)
+
+
+def auroc_from_scores(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
+    """AUROC of OOD (positive) against in-distribution for scores that grow with uncertainty."""
+    s_in, s_out = scores_in.reshape(-1), scores_out.reshape(-1)
+    if not (len(s_in) and len(s_out)):
+        raise InputError("both score sets must be non-empty")
+    if not (torch.isfinite(s_in).all() and torch.isfinite(s_out).all()):
+        raise InputError("scores must be finite")
+    target = np.concatenate(
+        [np.zeros(len(s_in), dtype=np.int64), np.ones(len(s_out), dtype=np.int64)]
+    )
+    scores = torch.cat([s_in, s_out]).double().cpu().numpy()
     return float(roc_auc_score(target, scores))
 
 

@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from tacitbayes.experiments import method_projected
 from tacitbayes.experiments.compare import CompareSettings, run_compare
 
 
-def test_projected_methods_in_compare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(method_projected, "FIT_SUBSET", 200)
-    monkeypatch.setattr(method_projected, "MAX_ITERS", 15)
+def test_projected_methods_in_compare(tmp_path: Path) -> None:
     settings = CompareSettings(
         methods=("map", "projected", "loss_projected"),
         epochs=5,
@@ -28,8 +23,18 @@ def test_projected_methods_in_compare(tmp_path: Path, monkeypatch: pytest.Monkey
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     for name in ("projected", "loss_projected"):
         row = saved["methods"][name]
-        assert row["n_fit"] == 200 and row["solver_iterations"] <= 15
-        assert 0 < row["null_space_residual"] < 1
-        assert row["prior_precision"] > 0 and row["evidence_prior_precision"] > 0
-        # a posterior that cannot underfit: accuracy stays at MAP's level
-        assert row["accuracy"] >= results["methods"]["map"]["accuracy"] - 0.02
+        # every training example, to the default residual, with the dense kernel solver
+        assert row["n_fit"] == 300 and row["solver"] == "gram"
+        assert 0 <= row["null_space_residual"] <= 1e-3
+        assert row["prior_precision"] == row["evidence_prior_precision"] > 0
+        assert row["validation_prior_precision"] > 0
+        for score in ("ood_auroc", "ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance"):
+            assert 0 <= row[score] <= 1
+        assert row["map_distance"] > 0
+    assert "ood_auroc_mi" not in saved["methods"]["map"]  # MAP has no samples
+    assert saved["methods"]["map"]["map_distance"] == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Verdicts" in report and "**projected**" in report and "variance" in report
+    assert (
+        results["methods"]["projected"]["accuracy"] >= results["methods"]["map"]["accuracy"] - 0.02
+    )

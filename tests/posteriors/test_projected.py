@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -53,29 +54,128 @@ def _loader(
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
+def _dense_loss_projector(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    fn, theta = _flat_fn(model, x)
+    grads = torch.autograd.functional.jacobian(
+        lambda t: nn.functional.cross_entropy(fn(t), y, reduction="none"), theta
+    )
+    return torch.eye(theta.numel(), dtype=DT) - torch.linalg.pinv(grads) @ grads
+
+
 @pytest.mark.parametrize(
     "solver, options",
     [
+        ("gram", {"tol": 1e-12}),
+        ("nystrom", {"tol": 1e-12, "nystrom_rank": 9}),
         ("krylov", {"tol": 1e-12, "max_iters": 500}),
         ("alternating", {"tol": 1e-12, "n_sweeps": 200}),
     ],
 )
-def test_samples_match_the_dense_projector(solver: str, options: dict) -> None:
+@pytest.mark.parametrize("loss_projected", [False, True])
+def test_samples_match_the_dense_projector(
+    solver: str, options: dict, loss_projected: bool
+) -> None:
     # Inputs in 30 dimensions keep the row spaces of the two batches far from parallel, so
     # alternating projections converge in a few sweeps (they crawl when the batches' row
     # spaces nearly align: the rate is the squared cosine of their smallest principal angle).
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 3)).to(DT)
     x, y = torch.randn(10, 30, dtype=DT), torch.randint(0, 3, (10,))
-    post = ProjectedPosterior(model, solver=solver, projection_batch_size=5, **options).fit(
-        _loader(x, y)
-    )
-    dense = _dense_projector(model, x)
+    post = ProjectedPosterior(
+        model, solver=solver, loss_projected=loss_projected, projection_batch_size=5, **options
+    ).fit(_loader(x, y))
+    dense = _dense_loss_projector(model, x, y) if loss_projected else _dense_projector(model, x)
     projected = post.projected_noise(6)
     expected = dense @ post._eps[:, :6]
+    assert post.solver_used == solver and post.n_fit == 10
     assert float((projected - expected).norm() / expected.norm()) < 1e-6
     assert post.null_space_residual() < 1e-6
     assert post.infos[0].max_residual < 1e-6 and post.infos[0].data_passes > 0
+
+
+def test_auto_solver_follows_the_memory_budget() -> None:
+    model, x, y = _problem()
+    rows = 10 * 3
+    assert ProjectedPosterior(model).fit(_loader(x, y)).solver_used == "gram"
+    small = ProjectedPosterior(model, memory_budget=2 * 8 * rows * rows - 1).fit(_loader(x, y))
+    assert small.solver_used == "nystrom"
+    with pytest.raises(InputError, match="memory_budget"):
+        ProjectedPosterior(model, solver="gram", memory_budget=1000).fit(_loader(x, y))
+
+
+@pytest.mark.parametrize("loss_projected", [False, True])
+def test_sample_free_covariance_equals_the_dense_formula(loss_projected: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 3)).to(DT)
+    x, y = torch.randn(10, 30, dtype=DT), torch.randint(0, 3, (10,))
+    post = ProjectedPosterior(model, loss_projected=loss_projected, prior_precision=2.0)
+    post.fit(_loader(x, y))
+    x_test = torch.randn(5, 30, dtype=DT)
+    dense = _dense_loss_projector(model, x, y) if loss_projected else _dense_projector(model, x)
+    fn, theta = _flat_fn(model, x_test)
+    jac = torch.autograd.functional.jacobian(lambda t: fn(t).reshape(-1), theta).reshape(5, 3, -1)
+    expected = torch.einsum("nip,pq,njq->nij", jac, dense, jac) / 2.0
+    covariance = post.linearized_covariance(x_test)
+    torch.testing.assert_close(
+        covariance, expected, rtol=1e-8, atol=1e-8 * float(expected.abs().max())
+    )
+    # the Monte Carlo variance of the linearised logits agrees within 4 standard errors
+    n_samples = 400
+    outputs = post.sample_outputs(x_test, n_samples=n_samples)
+    centred = outputs - model(x_test).detach()
+    sampled = centred.pow(2).mean(0)  # the mean is known: f(θ*, x)
+    standard_error = centred.pow(2).std(0) / math.sqrt(n_samples)
+    exact = torch.diagonal(expected, dim1=1, dim2=2)
+    assert bool(((sampled - exact).abs() <= 4 * standard_error + 1e-12).all())
+
+
+class CountingLoader:
+    """A re-iterable loader that counts how many of its batches are alive at once."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, size: int) -> None:
+        self.x, self.y, self.size = x, y, size
+        self.alive = 0
+        self.most_alive = 0
+        self.passes = 0
+
+    def _track(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.alive += 1
+        self.most_alive = max(self.most_alive, self.alive)
+
+        def release(_: object) -> None:
+            self.alive -= 1
+
+        weakref.finalize(tensor, release, None)
+        return tensor
+
+    def __iter__(self):
+        self.passes += 1
+        for i in range(0, len(self.x), self.size):
+            yield self._track(self.x[i : i + self.size].clone()), self.y[i : i + self.size]
+
+
+@pytest.mark.parametrize("solver", ["gram", "nystrom", "krylov"])
+def test_streaming_fit_equals_in_memory_fit_and_holds_few_batches(solver: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 3)).to(DT)
+    x, y = torch.randn(24, 30, dtype=DT), torch.randint(0, 3, (24,))
+    options = {"solver": solver, "tol": 1e-10, "nystrom_rank": 12, "max_iters": 500}
+    loader = CountingLoader(x, y, 4)
+    streamed = ProjectedPosterior(model, **options).fit(loader)
+    streamed.projected_noise(5)
+    assert loader.passes >= 2 and loader.most_alive <= 2
+    in_memory = ProjectedPosterior(model, **options).fit([(x, y)])
+    torch.testing.assert_close(streamed.projected_noise(5), in_memory.projected_noise(5))
+    alpha = streamed.optimize_prior_precision("validation", val_loader=CountingLoader(x, y, 6))
+    expected = in_memory.optimize_prior_precision("validation", val_loader=[(x, y)])
+    assert alpha == pytest.approx(expected, rel=1e-9)
+
+
+def test_an_unfinished_projection_warns() -> None:
+    model, x, y = _problem()
+    post = ProjectedPosterior(model, solver="krylov", max_iters=1).fit(_loader(x, y))
+    with pytest.warns(RuntimeWarning, match="residual"):
+        post.projected_noise(2)
 
 
 def test_krylov_history_tracks_the_null_space_residual() -> None:

@@ -5,11 +5,14 @@ by batch (in the order of ``data``) and example-major within a batch. With
 ``outputs="loss"`` the per-example output is the scalar loss ℓ(f(θ, x_n), y_n), so J
 becomes the N×P matrix of per-example loss gradients (O = 1), which costs one JVP or
 one VJP per pass whatever the number of network outputs.
+
+The data are streamed: every product iterates the loader again and holds one batch at
+a time (``cache=True`` keeps the batches, for solvers that visit them out of order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,48 +45,82 @@ class DataJacobian(LinearOperator):
         loss: str = "cross_entropy",
         param_names: str | Sequence[str] | None = None,
         chunk_size: int | None = None,
+        cache: bool = False,
     ) -> None:
         if outputs not in ("logits", "loss"):
             raise InputError(f"outputs must be 'logits' or 'loss', got {outputs!r}")
         self.outputs = outputs
+        self.loss_name = loss
         self.loss = get_loss(loss)
         self.fmodel = FunctionalModel(model, param_names)
-        self.params, dtype, device = _free_params(self.fmodel)
+        self.params, self._dtype, self._device = _free_params(self.fmodel)
         self.chunk_size = _check_chunk(chunk_size)
-        self.batches: list[tuple[Tensor, Tensor]] = []
+        self.data = _as_batches(data)
+        self._cache: list[tuple[Tensor, Tensor]] | None = [] if cache else None
+        self.batch_rows: list[int] = []
         n_outputs = None
-        for batch in _as_batches(data):
-            x, y = (t.to(device) for t in _check_batch(batch))
+        for batch in self.data:
+            x, y = self._prepare(batch)
             with torch.no_grad():
                 out = self.fmodel(self.params, x)
             if out.ndim != 2:
                 raise InputError(
                     f"the model must map a batch to (N, O) outputs, got {tuple(out.shape)}"
                 )
+            if n_outputs is not None and out.shape[1] != n_outputs:
+                raise InputError("every batch must give the same number of outputs")
             n_outputs = int(out.shape[1])
-            y = self.loss.prepare_target(y, x.shape[0], n_outputs, dtype)
-            self.batches.append((x, y))
+            self.loss.prepare_target(y, x.shape[0], n_outputs, self._dtype)  # validates
+            self.batch_rows.append(int(x.shape[0]))
+            if self._cache is not None:
+                self._cache.append((x, y))
         if n_outputs is None:
             raise InputError("data holds no batch")
+        self.network_outputs = n_outputs
         self.n_outputs = 1 if outputs == "loss" else n_outputs
-        self.batch_rows = [x.shape[0] * self.n_outputs for x, _ in self.batches]
-        self.n_data = sum(x.shape[0] for x, _ in self.batches)
+        self.n_data = sum(self.batch_rows)
+        self.batch_rows = [n * self.n_outputs for n in self.batch_rows]
         n_p = sum(t.numel() for t in self.params.values())
-        super().__init__((sum(self.batch_rows), n_p), dtype, device)
+        super().__init__((sum(self.batch_rows), n_p), self._dtype, self._device)
+
+    def _prepare(self, batch: object) -> tuple[Tensor, Tensor]:
+        x, y = _check_batch(batch)
+        x = x.to(self._device)
+        if x.is_floating_point():
+            x = x.to(self._dtype)
+        return x, y.to(self._device)
+
+    def iter_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The (x, y) batches in order, on the parameters' device (targets prepared)."""
+        source = self._cache if self._cache is not None else self.data
+        for batch in source:
+            x, y = batch if self._cache is not None else self._prepare(batch)
+            yield x, self.loss.prepare_target(y, x.shape[0], self.network_outputs, self._dtype)
+
+    def batch(self, index: int) -> tuple[Tensor, Tensor]:
+        """Batch ``index`` (random access: O(1) with ``cache=True``, a partial pass otherwise)."""
+        for i, batch in enumerate(self.iter_batches()):
+            if i == index:
+                return batch
+        raise IndexError(f"batch {index} out of range")
 
     @property
     def n_batches(self) -> int:
         """Number of batches (row blocks)."""
-        return len(self.batches)
+        return len(self.batch_rows)
 
-    def _function(self, index: int):
-        x, y = self.batches[index]
+    def _function(self, batch: int | tuple[Tensor, Tensor]):
+        x, y = self.batch(batch) if isinstance(batch, int) else batch
         if self.outputs == "loss":
-            return lambda p: self.loss.value(self.fmodel(p, x), y)
+            # row n is r_nᵀ J_n with r_n = ∂ℓ_n/∂f_n at θ* (the loss gradient, evaluated
+            # without the cancellation of differentiating logsumexp(f) − f_y in float32)
+            with torch.no_grad():
+                r = self.loss.output_gradient(self.fmodel(self.params, x), y)
+            return lambda p: (self.fmodel(p, x) * r).sum(-1)
         return lambda p: self.fmodel(p, x).reshape(-1)
 
-    def batch_matmat(self, index: int, V: Tensor) -> Tensor:
-        """J_b V for batch ``index``: (P, k) -> (rows_b, k)."""
+    def batch_matmat(self, index: int | tuple[Tensor, Tensor], V: Tensor) -> Tensor:
+        """J_b V for batch ``index`` (or an (x, y) batch itself): (P, k) -> (rows_b, k)."""
         fn = self._function(index)
 
         def jv(t: dict[str, Tensor]) -> Tensor:
@@ -91,8 +128,8 @@ class DataJacobian(LinearOperator):
 
         return vmap(jv, chunk_size=self.chunk_size)(unflatten(V.T, self.params)).T
 
-    def batch_rmatmat(self, index: int, U: Tensor) -> Tensor:
-        """J_bᵀ U for batch ``index``: (rows_b, k) -> (P, k)."""
+    def batch_rmatmat(self, index: int | tuple[Tensor, Tensor], U: Tensor) -> Tensor:
+        """J_bᵀ U for batch ``index`` (or an (x, y) batch itself): (rows_b, k) -> (P, k)."""
         _, vjp_fn = vjp(self._function(index), self.params)
         out = vmap(vjp_fn, chunk_size=self.chunk_size)(U.T)[0]
         return _flatten_rows(out, U.shape[1]).T
@@ -104,28 +141,29 @@ class DataJacobian(LinearOperator):
         of columns at a time as J_b (J_bᵀ E) with one VJP and one JVP per column.
         """
         rows = self.batch_rows[index]
+        batch = self.batch(index)
         eye = torch.eye(rows, dtype=self.dtype, device=self.device)
         itemsize = torch.finfo(self.dtype).bits // 8
         chunk = max(1, min(rows, max_bytes // max(1, self.shape[1] * itemsize)))
         if chunk == rows:
-            jt = self.batch_rmatmat(index, eye)
+            jt = self.batch_rmatmat(batch, eye)
             gram = jt.T @ jt
         else:
             cols = [
-                self.batch_matmat(index, self.batch_rmatmat(index, eye[:, i : i + chunk]))
+                self.batch_matmat(batch, self.batch_rmatmat(batch, eye[:, i : i + chunk]))
                 for i in range(0, rows, chunk)
             ]
             gram = torch.cat(cols, dim=1)
         return 0.5 * (gram + gram.T)
 
     def _matmat(self, v: Tensor) -> Tensor:
-        return torch.cat([self.batch_matmat(i, v) for i in range(self.n_batches)])
+        return torch.cat([self.batch_matmat(b, v) for b in self.iter_batches()])
 
     def _rmatmat(self, u: Tensor) -> Tensor:
         out = torch.zeros(self.shape[1], u.shape[1], dtype=self.dtype, device=self.device)
         start = 0
-        for i, rows in enumerate(self.batch_rows):
-            out += self.batch_rmatmat(i, u[start : start + rows])
+        for b, rows in zip(self.iter_batches(), self.batch_rows, strict=True):
+            out += self.batch_rmatmat(b, u[start : start + rows])
             start += rows
         return out
 

@@ -40,6 +40,10 @@ class Loss(ABC):
         """Per-example losses ℓ(f_n, y_n), shape (N,)."""
 
     @abstractmethod
+    def output_gradient(self, f: Tensor, y: Tensor) -> Tensor:
+        """∂ℓ_n/∂f_n for every example, shape (N, O), computed without cancellation."""
+
+    @abstractmethod
     def hessian_matvec(self, f: Tensor, y: Tensor, u: Tensor) -> Tensor:
         """Λ_n u_n for every example; ``u`` has shape (..., N, O) and broadcasts against f."""
 
@@ -92,6 +96,13 @@ class CrossEntropyLoss(Loss):
         """ℓ_n = logsumexp(f_n) − f_n[y_n]."""
         return torch.logsumexp(f, dim=-1) - f.gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
+    def output_gradient(self, f: Tensor, y: Tensor) -> Tensor:
+        """softmax(f) − e_y, with the y entry as −Σ_{c≠y} p_c (accurate when p_y ≈ 1)."""
+        p = torch.softmax(f, dim=-1)
+        true = torch.nn.functional.one_hot(y, f.shape[-1]).to(torch.bool)
+        rest = torch.where(true, torch.zeros_like(p), p)
+        return torch.where(true, -rest.sum(-1, keepdim=True), p)
+
     def hessian_matvec(self, f: Tensor, y: Tensor, u: Tensor) -> Tensor:
         """Λu = p ⊙ u − p (pᵀu)."""
         p = torch.softmax(f, dim=-1)
@@ -135,6 +146,10 @@ class MSELoss(Loss):
     def value(self, f: Tensor, y: Tensor) -> Tensor:
         """ℓ_n = ½ Σ_o (f_no − y_no)²."""
         return 0.5 * (f - y).square().sum(-1)
+
+    def output_gradient(self, f: Tensor, y: Tensor) -> Tensor:
+        """f − y."""
+        return f - y
 
     def hessian_matvec(self, f: Tensor, y: Tensor, u: Tensor) -> Tensor:
         """Λu = u."""

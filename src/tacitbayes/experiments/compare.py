@@ -16,6 +16,7 @@ from tacitbayes.errors import InputError
 from tacitbayes.experiments.evaluate import evaluate_predictor
 from tacitbayes.experiments.methods import FitContext, get_method
 from tacitbayes.experiments.runtime import torch_threads, versions
+from tacitbayes.experiments.verdicts import map_distance, verdict
 from tacitbayes.io import write_json, write_text
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
@@ -110,6 +111,25 @@ def _report(results: dict[str, Any], settings: CompareSettings) -> str:
     for name, row in results["methods"].items():
         cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) else "-" for c in TABLE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    scored = [n for n, r in results["methods"].items() if "ood_auroc_variance" in r]
+    if scored:
+        lines += [
+            "",
+            "OOD AUROC by score (max-probability, entropy, mutual information, logit variance):",
+            "",
+            "| method | max-prob | entropy | MI | variance |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in results["methods"].items():
+            keys = ("ood_auroc", "ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
+            cells = [f"{row[k]:.4f}" if isinstance(row.get(k), float) else "-" for k in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "map" in results["methods"]:
+        lines += ["", "## Verdicts", ""]
+        map_row = results["methods"]["map"]
+        for name, row in results["methods"].items():
+            if name != "map":
+                lines.append(f"- **{name}**: {verdict(row, map_row)}")
     lines += [
         "",
         "## Settings",
@@ -191,6 +211,9 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
             # vs MAP's optimisation steps (its per-epoch validation and checkpoints excluded)
             row["train_time_ratio"] = row["train_seconds"] / step_seconds
         methods[name] = row
+    if "map" in test_probs:
+        for name, row in methods.items():
+            row["map_distance"] = map_distance(test_probs[name], test_probs["map"])
     results = {
         "dataset": data.name,
         "model": settings.model,

@@ -17,8 +17,30 @@ def predict_dataset(
     predictor: Predictor, inputs: torch.Tensor, batch_size: int = 500
 ) -> torch.Tensor:
     """Class probabilities for all ``inputs``, predicted in batches."""
-    chunks = [predictor.predict(x) for (x,) in minibatches(TensorDataset(inputs), batch_size)]
-    return torch.cat(chunks).detach().to(torch.float64)
+    return predict_with_scores(predictor, inputs, batch_size)[0]
+
+
+def predict_with_scores(
+    predictor: Predictor, inputs: torch.Tensor, batch_size: int = 500
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Class probabilities for ``inputs`` and, for a sampling method, the epistemic scores.
+
+    A predictor with ``predict_samples(x)`` (logits of shape (S, N, C)) gets the mutual
+    information (BALD) and the summed logit variance per input; others get none.
+    """
+    probs, mi, var = [], [], []
+    sampled = hasattr(predictor, "predict_samples")
+    for (x,) in minibatches(TensorDataset(inputs), batch_size):
+        if sampled:
+            logits = predictor.predict_samples(x).detach().to(torch.float64)  # type: ignore[attr-defined]
+            sample_probs = torch.softmax(logits, -1)
+            probs.append(sample_probs.mean(0))
+            mi.append(metrics.mutual_information(sample_probs))
+            var.append(metrics.logit_variance(logits))
+        else:
+            probs.append(predictor.predict(x).detach().to(torch.float64))
+    scores = {"mi": torch.cat(mi), "variance": torch.cat(var)} if sampled else {}
+    return torch.cat(probs), scores
 
 
 def evaluate_predictor(
@@ -27,14 +49,16 @@ def evaluate_predictor(
     """Metrics on the test set, the rotated test sets and the OOD set; also the test probabilities."""
     x_test, y_test = data.test.tensors
     start = time.perf_counter()
-    probs = predict_dataset(predictor, x_test, batch_size)
+    probs, scores = predict_with_scores(predictor, x_test, batch_size)
     predict_seconds = time.perf_counter() - start
     result: dict[str, Any] = metrics.evaluate(probs, y_test)
     result["predict_seconds"] = predict_seconds
     if len(data.ood):
-        probs_ood = predict_dataset(predictor, data.ood, batch_size)
+        probs_ood, scores_ood = predict_with_scores(predictor, data.ood, batch_size)
         result["ood_auroc"] = metrics.ood_auroc(probs, probs_ood, score="max_prob")
         result["ood_auroc_entropy"] = metrics.ood_auroc(probs, probs_ood, score="entropy")
+        for name in scores:
+            result[f"ood_auroc_{name}"] = metrics.auroc_from_scores(scores[name], scores_ood[name])
     shift = {}
     for angle in data.angles:
         x_rot, y_rot = data.rotated_test(angle).tensors

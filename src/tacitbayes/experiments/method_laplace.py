@@ -35,6 +35,7 @@ from tacitbayes.errors import InputError
 from tacitbayes.experiments.methods import FitContext, Predictor, register_method
 from tacitbayes.posteriors.laplace import Laplace
 from tacitbayes.posteriors.laplace_tuning import predictive_nll
+from tacitbayes.posteriors.predictive import average_probabilities, sample_logits
 
 __all__ = ["SETTINGS", "LaplacePredictor", "LaplaceSettings", "fit_laplace"]
 
@@ -62,12 +63,21 @@ class LaplacePredictor:
 
     def __init__(self, la: Laplace, n_samples: int, linearized: bool, info: dict[str, Any]):
         self.la, self.n_samples, self.linearized, self.info = la, n_samples, linearized, info
+        self.deltas = la.sample_deltas(n_samples)  # the posterior's seeded samples, fixed
+
+    def predict_samples(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits f(θ*, x) + J(x)δθ_s for the fixed samples, shape (S, len(x), n_classes)."""
+        return sample_logits(
+            self.la.model,
+            x,
+            self.deltas,
+            linearized=self.linearized,
+            param_names=self.la.param_names,
+        )
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of shape (len(x), n_classes)."""
-        out = self.la.predict(x, n_samples=self.n_samples, linearized=self.linearized)
-        assert isinstance(out, torch.Tensor)
-        return out
+        return average_probabilities(self.predict_samples(x))
 
 
 def _subset(dataset: TensorDataset, limit: int | None, seed: int) -> TensorDataset:

@@ -52,7 +52,7 @@ class KrylovInfo:
     preconditioner_applications: int = 0
     """Calls of the preconditioner."""
     relative_residual_history: list[float] = field(default_factory=list)
-    """LSQR: max over columns of ‖b − A x‖/‖b‖ after each iteration (from the recurrences)."""
+    """LSQR and CG: max over columns of ‖b − A x‖/‖b‖ after each iteration (recurrences)."""
 
 
 class _Counted:
@@ -142,10 +142,12 @@ def cg(
             raise InputError("x0 must have the dtype and device of B")
         X = (x0.unsqueeze(1) if was_vector else x0).clone()
         R = Bb - A(X)
-    threshold = torch.clamp(tol * torch.linalg.vector_norm(Bb, dim=0), min=atol)
+    b_norm = torch.linalg.vector_norm(Bb, dim=0)
+    threshold = torch.clamp(tol * b_norm, min=atol)
     rnorm = torch.linalg.vector_norm(R, dim=0)
     active = rnorm > threshold
     col_iters = torch.zeros(k, dtype=torch.int64, device=Bb.device)
+    history: list[float] = []
     Z = M(R) if M is not None else R
     Pdir = Z.clone()
     rz = (R * Z).sum(0)
@@ -167,6 +169,7 @@ def cg(
         rnorm = torch.where(active, torch.linalg.vector_norm(R, dim=0), rnorm)
         col_iters = torch.where(active, torch.full_like(col_iters, it), col_iters)
         active = moving & (rnorm > threshold)
+        history.append(float(_safe_div(rnorm, b_norm).max()) if k else 0.0)
         if not bool(active.any()):
             break
         Z = M(R) if M is not None else R
@@ -181,6 +184,7 @@ def cg(
         residual_norms=rnorm,
         operator_applications=A.calls,
         preconditioner_applications=M.calls if M is not None else 0,
+        relative_residual_history=history,
     )
     return _out(X, was_vector), info
 

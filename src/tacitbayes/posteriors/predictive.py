@@ -7,7 +7,7 @@ probabilities over samples. Both work in chunks of samples to bound memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from torch.func import jvp, vmap
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, unflatten
 
-__all__ = ["average_probabilities", "sample_logits"]
+__all__ = ["average_probabilities", "sample_logits", "validation_nll"]
 
 
 def sample_logits(
@@ -56,3 +56,37 @@ def sample_logits(
 def average_probabilities(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Monte-Carlo predictive (1/S) Σ_s softmax(f_s / T); logits of shape (S, N, C)."""
     return torch.softmax(logits / temperature, dim=-1).mean(0)
+
+
+def validation_nll(
+    model: nn.Module,
+    deltas: Tensor,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    precisions: Sequence[float],
+    *,
+    param_names: str | Sequence[str] | None = None,
+    chunk_size: int = 8,
+) -> list[float]:
+    """Mean NLL of the linearised predictive with perturbations δ_s/√α, for each α; streamed.
+
+    −(1/N) Σ_n log (1/S) Σ_s softmax(f(θ*, x_n) + J(x_n) δ_s / √α)_{y_n}, one batch at a time.
+    """
+    totals = torch.zeros(len(precisions), dtype=torch.float64)
+    count = 0
+    for x, y in loader:
+        with torch.no_grad():
+            shifted = sample_logits(
+                model, x, deltas, linearized=True, param_names=param_names, chunk_size=chunk_size
+            )
+            f0 = sample_logits(model, x, deltas[:1] * 0, linearized=False, param_names=param_names)[
+                0
+            ]
+        shifts = shifted - f0
+        y = y.to(f0.device).long()
+        for i, alpha in enumerate(precisions):
+            probs = average_probabilities(f0 + shifts / float(alpha) ** 0.5)
+            totals[i] -= probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum().double().cpu()
+        count += len(y)
+    if count == 0:
+        raise InputError("the validation loader yields no batch")
+    return (totals / count).tolist()

@@ -7,24 +7,41 @@ null(J), linear in P and independent of the number of outputs).
 
 Usage, as laplace-torch users expect::
 
-    post = ProjectedPosterior(model, "classification", solver="krylov")
-    post.fit(train_loader)
+    post = ProjectedPosterior(model, "classification")   # every training example, tol 1e-3
+    post.fit(train_loader)                     # streams the loader, never concatenates it
     post.optimize_prior_precision()            # evidence: α = rank(J) / ‖θ*‖²
     probs = post.predict(x, n_samples=32)      # linearised predictive
+    cov = post.linearized_covariance(x)        # sample-free α⁻¹(K** − K*X K⁺ K_X*)
+
+Solvers (``solver=``): ``"auto"`` (default) picks ``"gram"`` when the dense NTK Gram
+K = J Jᵀ and its Cholesky factor fit in ``memory_budget`` bytes, ``"nystrom"``
+otherwise; ``"krylov"`` (LSQR on J) and ``"alternating"`` (the paper's sweeps, which
+keep the batches in memory) are references. See :mod:`kernel_projection`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
+from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
 from tacitbayes.errors import InputError
-from tacitbayes.functional import FunctionalModel, eval_mode
+from tacitbayes.functional import FunctionalModel
+from tacitbayes.posteriors.kernel_projection import (
+    GramSolver,
+    NystromPreconditioner,
+    gram_projection,
+    jacobian_factors,
+    nystrom_preconditioner,
+    nystrom_projection,
+)
 from tacitbayes.posteriors.null_space import (
     BatchInverse,
     ProjectionInfo,
@@ -33,28 +50,51 @@ from tacitbayes.posteriors.null_space import (
     krylov_projection,
     null_space_residual,
 )
-from tacitbayes.posteriors.predictive import average_probabilities, sample_logits
+from tacitbayes.posteriors.predictive import average_probabilities, sample_logits, validation_nll
 
 __all__ = ["ProjectedPosterior"]
 
-SOLVERS = ("krylov", "alternating")
+SOLVERS = ("auto", "gram", "nystrom", "krylov", "alternating")
 LIKELIHOODS = {"classification": "cross_entropy", "regression": "mse"}
+DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for the solver's kernel matrices
 
 
-def _collect(loader: Iterable[Any]) -> tuple[Tensor, Tensor]:
-    xs, ys = [], []
-    for batch in loader:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-            raise InputError("the loader must yield (x, y) batches")
-        xs.append(batch[0])
-        ys.append(batch[1])
-    if not xs:
-        raise InputError("the training loader yields no batch")
-    return torch.cat(xs), torch.cat(ys)
+def _xy(batch: Any) -> tuple[Tensor, Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise InputError("the loader must yield (x, y) batches")
+    return batch[0], batch[1]
 
 
-def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+class _Pairs:
+    """A re-iterable view of a loader yielding (x, y), re-batched to ``size`` if given."""
+
+    def __init__(self, loader: Iterable[Any], size: int | None = None) -> None:
+        if iter(loader) is loader:  # type: ignore[comparison-overlap]
+            raise InputError(
+                "the loader is a one-shot iterator; pass something that can be iterated "
+                "more than once (a DataLoader or a list of batches)"
+            )
+        self.loader, self.size = loader, size
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        pairs = (_xy(batch) for batch in self.loader)
+        if self.size is None:
+            yield from pairs
+            return
+        xs: list[Tensor] = []
+        ys: list[Tensor] = []
+        held = 0
+        for x, y in pairs:
+            xs.append(x)
+            ys.append(y)
+            held += len(x)
+            while held >= self.size:
+                x_all, y_all = torch.cat(xs), torch.cat(ys)
+                yield x_all[: self.size], y_all[: self.size]
+                xs, ys = [x_all[self.size :]], [y_all[self.size :]]
+                held -= self.size
+        if held:
+            yield torch.cat(xs), torch.cat(ys)
 
 
 class ProjectedPosterior:
@@ -65,14 +105,15 @@ class ProjectedPosterior:
         model: nn.Module,
         likelihood: str = "classification",
         *,
-        solver: str = "krylov",
+        solver: str = "auto",
         loss_projected: bool = False,
         prior_precision: float = 1.0,
         tol: float = 1e-3,
         max_iters: int = 300,
         n_sweeps: int = 100,
         projection_batch_size: int = 16,
-        pass_batch_size: int = 256,
+        nystrom_rank: int = 2000,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
         cutoff: float = 1e-6,
         param_names: str | Sequence[str] | None = None,
         chunk_size: int | None = None,
@@ -88,9 +129,10 @@ class ProjectedPosterior:
             ("max_iters", max_iters),
             ("n_sweeps", n_sweeps),
             ("projection_batch_size", projection_batch_size),
-            ("pass_batch_size", pass_batch_size),
+            ("nystrom_rank", nystrom_rank),
+            ("memory_budget", memory_budget),
         ):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not tol > 0:
             raise InputError(f"tol must be positive, got {tol}")
@@ -99,21 +141,28 @@ class ProjectedPosterior:
         self.solver = solver
         self.loss_projected = loss_projected
         self.prior_precision = self._check_precision(prior_precision)
+        self.evidence_precision: float | None = None
         self.tol, self.max_iters, self.n_sweeps = tol, max_iters, n_sweeps
-        self.projection_batch_size, self.pass_batch_size = projection_batch_size, pass_batch_size
+        self.projection_batch_size = projection_batch_size
+        self.nystrom_rank, self.memory_budget = nystrom_rank, memory_budget
         self.cutoff, self.param_names, self.chunk_size, self.seed = (
             cutoff,
             param_names,
             chunk_size,
             seed,
         )
+        self.solver_used: str | None = None
         self._jac: DataJacobian | None = None
         self._small_jac: DataJacobian | None = None
         self._inverses: list[BatchInverse] | None = None
+        self._gram: GramSolver | None = None
+        self._factors: list[KernelFactors] | None = None
+        self._nystrom: NystromPreconditioner | None = None
         self._theta: Tensor | None = None
         self._eps = torch.empty(0)
         self._projected = torch.empty(0)
         self.infos: list[ProjectionInfo] = []
+        self.setup_seconds = 0.0
 
     @staticmethod
     def _check_precision(alpha: float) -> float:
@@ -123,7 +172,7 @@ class ProjectedPosterior:
         return alpha
 
     # ------------------------------------------------------------------ fitting
-    def _jacobian(self, data: list[tuple[Tensor, Tensor]]) -> DataJacobian:
+    def _jacobian(self, data: Iterable[Any], cache: bool = False) -> DataJacobian:
         return DataJacobian(
             self.model,
             data,
@@ -131,19 +180,50 @@ class ProjectedPosterior:
             loss=LIKELIHOODS[self.likelihood],
             param_names=self.param_names,
             chunk_size=self.chunk_size,
+            cache=cache,
         )
 
+    def _choose_solver(self, rows: int) -> str:
+        if self.solver != "auto":
+            return self.solver
+        return "gram" if 2 * 8 * rows * rows <= self.memory_budget else "nystrom"
+
     def fit(self, train_loader: Iterable[Any]) -> ProjectedPosterior:
-        """Take the training data that defines null(J); for alternating, eigendecompose J_b J_bᵀ."""
-        x, y = _collect(train_loader)
-        self._jac = self._jacobian(_batches(x, y, self.pass_batch_size))
+        """Take the training data that defines null(J) (every batch of the loader, streamed).
+
+        ``gram`` builds and factorises K = J Jᵀ; ``nystrom`` builds its preconditioner;
+        ``alternating`` eigendecomposes every J_b J_bᵀ. The projection itself runs at the
+        first use of the samples.
+        """
+        start = time.perf_counter()
+        self._jac = self._jacobian(_Pairs(train_loader))
         self._theta = self._jac.params_flat()
-        if self.solver == "alternating":
-            self._small_jac = self._jacobian(_batches(x, y, self.projection_batch_size))
+        rows = self._jac.shape[0]
+        self.solver_used = self._choose_solver(rows)
+        self._gram = self._factors = self._nystrom = None
+        self._small_jac = self._inverses = None
+        if self.solver_used == "gram":
+            if 2 * 8 * rows * rows > self.memory_budget:
+                raise InputError(
+                    f"solver='gram' needs {2 * 8 * rows * rows / 2**30:.1f} GiB for the "
+                    f"{rows}x{rows} kernel matrix and its factor, over memory_budget "
+                    f"({self.memory_budget / 2**30:.1f} GiB); use solver='nystrom'"
+                )
+            self._factors = jacobian_factors(self._jac)
+            self._gram = GramSolver(ntk_cross(self._factors, self._factors))
+        elif self.solver_used == "nystrom":
+            rank = min(self.nystrom_rank, max(1, self.memory_budget // (3 * 8 * rows)))
+            gen = torch.Generator().manual_seed(self.seed)
+            self._nystrom = nystrom_preconditioner(self._jac, rank, gen)
+        elif self.solver_used == "alternating":
+            self._small_jac = self._jacobian(
+                _Pairs(train_loader, self.projection_batch_size), cache=True
+            )
             self._inverses = batch_inverses(self._small_jac, self.cutoff)
         self._eps = torch.empty(self.n_params, 0, dtype=self._theta.dtype)
         self._projected = torch.empty_like(self._eps)
         self.infos = []
+        self.setup_seconds = time.perf_counter() - start
         return self
 
     @property
@@ -152,6 +232,11 @@ class ProjectedPosterior:
         if self._theta is None:
             raise InputError("call fit(train_loader) first")
         return int(self._theta.numel())
+
+    @property
+    def n_fit(self) -> int:
+        """Number of training examples the posterior was fitted on."""
+        return self._fitted().n_data
 
     def _fitted(self) -> DataJacobian:
         if self._jac is None:
@@ -163,8 +248,13 @@ class ProjectedPosterior:
         jac = self._fitted()
         if V.ndim != 2 or V.shape[0] != jac.shape[1]:
             raise InputError(f"V must have shape ({jac.shape[1]}, k), got {tuple(V.shape)}")
-        if self.solver == "alternating":
-            assert self._small_jac is not None and self._inverses is not None
+        if self.solver_used == "gram" and self._gram is not None:
+            return gram_projection(jac, V, self._gram, tol=self.tol)
+        if self.solver_used == "nystrom":
+            return nystrom_projection(jac, V, self._nystrom, tol=self.tol, max_iters=self.max_iters)
+        if self.solver_used == "alternating":
+            if self._small_jac is None or self._inverses is None:
+                raise InputError("call fit(train_loader) first")
             return alternating_projection(
                 self._small_jac, V, self._inverses, self.n_sweeps, tol=self.tol, check_every=10
             )
@@ -176,12 +266,23 @@ class ProjectedPosterior:
             raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
         have = self._projected.shape[1] if self._projected.ndim == 2 else 0
         if n_samples > have:
-            jac = self._fitted()
+            if self._jac is None:
+                raise InputError("call fit(train_loader) first, or load a state_dict with samples")
+            jac = self._jac
             gen = torch.Generator().manual_seed(self.seed * 7919 + have)
             eps = torch.randn(jac.shape[1], n_samples - have, generator=gen, dtype=jac.dtype)
             eps = eps.to(jac.device)
             projected, info = self.project(eps)
+            info.setup_seconds = self.setup_seconds if not self.infos else 0.0
             self.infos.append(info)
+            if info.max_residual > self.tol:
+                warnings.warn(
+                    f"the null-space projection stopped at residual {info.max_residual:.2e} "
+                    f"> tol {self.tol:g} ({info.solver}, {info.iterations} iterations): the "
+                    "samples move the training predictions; raise max_iters",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             self._eps = torch.cat([self._eps.reshape(jac.shape[1], -1).to(jac.device), eps], dim=1)
             self._projected = torch.cat(
                 [self._projected.reshape(jac.shape[1], -1).to(jac.device), projected], dim=1
@@ -192,7 +293,8 @@ class ProjectedPosterior:
     def sample(self, n_samples: int = 1) -> Tensor:
         """Flat weight samples θ* + α^{-1/2} 𝒫ε, shape (n_samples, P)."""
         deltas = self.projected_noise(n_samples).T / math.sqrt(self.prior_precision)
-        assert self._theta is not None
+        if self._theta is None:
+            raise InputError("call fit(train_loader) first")
         return self._theta + deltas
 
     def sample_outputs(self, x: Tensor, n_samples: int = 32, linearized: bool = True) -> Tensor:
@@ -216,6 +318,25 @@ class ProjectedPosterior:
             return average_probabilities(outputs)
         return outputs.mean(0), outputs.var(0, unbiased=False)
 
+    def linearized_covariance(self, x: Tensor) -> Tensor:
+        """Sample-free Cov[J(x)δ] = α⁻¹(K** − K*X K⁺ K_X*) per input: (N, O, O). Needs ``gram``."""
+        if self._gram is None or self._factors is None:
+            raise InputError(
+                "the sample-free covariance needs the dense kernel (solver='gram'); "
+                "use sample_outputs(x).var(0) for the Monte Carlo estimate"
+            )
+        jac = self._fitted()
+        test = kernel_factors(
+            self.model, x.to(jac.device), outputs="logits", param_names=list(jac.params)
+        )
+        n, o = test.n, test.n_outputs
+        k_test = ntk_cross([test], [test]).view(n, o, n, o)
+        own = k_test[torch.arange(n), :, torch.arange(n), :]  # (N, O, O)
+        cross = ntk_cross(self._factors, [test])  # (rows, N·O)
+        solved = self._gram.solve(cross, max_steps=2)
+        explained = torch.einsum("rni,rnj->nij", cross.view(-1, n, o), solved.view(-1, n, o))
+        return (own - explained) / self.prior_precision
+
     # ------------------------------------------------------------------ prior precision
     def trace_projector(self, n_samples: int = 32) -> float:
         """Hutchinson estimate of tr 𝒫 = dim null(J): mean of εᵀ𝒫ε = ‖𝒫ε‖² over the samples."""
@@ -225,8 +346,10 @@ class ProjectedPosterior:
     def evidence_prior_precision(self, n_samples: int = 32) -> float:
         """α* = r/‖θ*‖², r = P − tr 𝒫: the maximiser of −(α/2)‖θ*‖² + (r/2) log α."""
         rank = max(self.n_params - self.trace_projector(n_samples), 1.0)
-        assert self._theta is not None
-        return rank / float(self._theta.pow(2).sum())
+        if self._theta is None:
+            raise InputError("call fit(train_loader) first")
+        self.evidence_precision = rank / float(self._theta.pow(2).sum())
+        return self.evidence_precision
 
     def optimize_prior_precision(
         self,
@@ -235,9 +358,10 @@ class ProjectedPosterior:
         grid: Sequence[float] | None = None,
         n_samples: int = 32,
     ) -> float:
-        """Set α by the linearised evidence (α = r/‖θ*‖²) or by validation NLL on a log grid.
+        """Set α by the linearised evidence (α = r/‖θ*‖², default) or by validation NLL.
 
-        The default grid spans 10⁻²…10⁶ times the evidence value in half decades.
+        The validation grid spans 10⁻²…10⁶ times the evidence value in half decades; the
+        validation loader is streamed (one batch at a time).
         """
         if method == "evidence":
             self.prior_precision = self._check_precision(self.evidence_prior_precision(n_samples))
@@ -248,46 +372,27 @@ class ProjectedPosterior:
             raise InputError("validation tuning is implemented for classification")
         if val_loader is None:
             raise InputError("method='validation' needs val_loader")
-        x, y = _collect(val_loader)
         centre = self.evidence_prior_precision(n_samples)
         grid = (
-            list(grid)
+            [self._check_precision(a) for a in grid]
             if grid is not None
             else [centre * 10.0**e for e in torch.arange(-2, 6.01, 0.5).tolist()]
         )
-        deltas = self.projected_noise(n_samples).T
-        with torch.no_grad(), eval_mode(self.model):
-            f0 = self.model(x)
-        shifts = (
-            sample_logits(
-                self.model,
-                x,
-                deltas,
-                linearized=True,
-                param_names=self.param_names,
-                chunk_size=self.chunk_size or 8,
-            )
-            - f0
+        nll = validation_nll(
+            self.model,
+            self.projected_noise(n_samples).T,
+            _Pairs(val_loader),
+            grid,
+            param_names=self.param_names,
+            chunk_size=self.chunk_size or 8,
         )
-        y = y.to(f0.device)
-        best, best_nll = grid[0], math.inf
-        for alpha in grid:
-            alpha = self._check_precision(alpha)
-            probs = average_probabilities(f0 + shifts / math.sqrt(alpha))
-            nll = float(-probs.gather(1, y[:, None]).clamp_min(1e-12).log().mean())
-            if nll < best_nll:
-                best, best_nll = alpha, nll
-        self.prior_precision = best
-        return best
+        self.prior_precision = grid[int(torch.tensor(nll).argmin())]
+        return self.prior_precision
 
     # ------------------------------------------------------------------ diagnostics and state
     def null_space_residual(self, loader: Iterable[Any] | None = None, n_samples: int = 8) -> float:
         """max over samples of ‖J𝒫ε‖/‖Jε‖ on ``loader`` (default: the fitted training data)."""
-        jac = (
-            self._fitted()
-            if loader is None
-            else self._jacobian(_batches(*_collect(loader), self.pass_batch_size))
-        )
+        jac = self._fitted() if loader is None else self._jacobian(_Pairs(loader))
         projected = self.projected_noise(n_samples)
         return float(null_space_residual(jac, self._eps[:, :n_samples], projected).max())
 
@@ -300,7 +405,7 @@ class ProjectedPosterior:
             "projected": self._projected.clone(),
             "settings": {
                 "likelihood": self.likelihood,
-                "solver": self.solver,
+                "solver": self.solver_used or self.solver,
                 "loss_projected": self.loss_projected,
                 "seed": self.seed,
             },

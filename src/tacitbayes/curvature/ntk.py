@@ -1,0 +1,279 @@
+"""The empirical neural tangent kernel K = J Jᵀ, built from per-layer Jacobian factors.
+
+For a Linear layer z = W a + b, row (n, o) of J restricted to (W, b) is
+(g_{no} a_nᵀ, g_{no}) with a_n the layer input and g_{no} = ∂f_o(x_n)/∂z_n, so
+
+    K[(n, o), (m, o')] = Σ_layers (a_n·a_m + 1) (g_{no}·g_{mo'})
+
+(the activation Gram times the output-gradient Gram), which never forms J: the cost is
+N·M·d_in + N·O·M·O·d_out per layer instead of N·O·M·O·P. A Conv2d layer, a Linear
+layer applied to a sequence and any other parameter contribute through their explicit
+per-row gradients (small for convolution kernels and normalisation weights). With
+``outputs="loss"`` the rows are the per-example loss gradients ∇_θ ℓ(f(θ, x_n), y_n)
+(O = 1). Everything is evaluated in eval mode (examples must not interact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+from tacitbayes.curvature.losses import get_loss
+from tacitbayes.errors import InputError
+from tacitbayes.functional import eval_mode, resolve_param_names
+
+__all__ = ["KernelFactors", "kernel_factors", "ntk_cross", "ntk_diagonal"]
+
+
+@dataclass
+class KernelFactors:
+    """Per-layer Jacobian factors of one batch: K = Σ_l (A Aᵀ + b) ∘ (G Gᵀ) + R Rᵀ.
+
+    ``hadamard``: (A, G, with_bias) triples, A of shape (N, d_in) or None (bias only),
+    G of shape (N, O, d_out); ``explicit``: the remaining Jacobian columns, (N, O, P_e).
+    """
+
+    n: int
+    n_outputs: int
+    hadamard: list[tuple[Tensor | None, Tensor, bool]]
+    explicit: Tensor | None
+
+    def nbytes(self) -> int:
+        """Memory held by the factors."""
+        total = 0 if self.explicit is None else self.explicit.numel()
+        for a, g, _ in self.hadamard:
+            total += g.numel() + (0 if a is None else a.numel())
+        return total * 8
+
+
+@contextmanager
+def _requires_grad(params: Sequence[nn.Parameter]):
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _factored(module: nn.Module) -> bool:
+    """Whether a module's parameters enter through (input, output-gradient) factors."""
+    if type(module) is nn.Linear:
+        return True
+    return (
+        type(module) is nn.Conv2d
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
+
+
+def _own_free(prefix: str, module: nn.Module, free: set[str]) -> list[str]:
+    own = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+    return [n for n in own if n in free]
+
+
+def _layer_plan(model: nn.Module, free: set[str]) -> dict[str, nn.Module]:
+    """The Linear/Conv2d modules that own free parameters, by name."""
+    return {
+        prefix: module
+        for prefix, module in model.named_modules()
+        if _factored(module) and _own_free(prefix, module, free)
+    }
+
+
+def _conv_rows(module: nn.Conv2d, a: Tensor, g: Tensor, w: bool, b: bool) -> Tensor:
+    """Explicit per-row gradients of a Conv2d: (N, O, P_layer)."""
+    n, o = g.shape[:2]
+    cols = F.unfold(
+        a,
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=module.padding,
+        stride=module.stride,
+    )  # (N, C_in·k², T)
+    g = g.reshape(n, o, g.shape[2], -1)  # (N, O, C_out, T)
+    parts = []
+    if w:
+        parts.append(torch.einsum("noct,nkt->nock", g, cols).reshape(n, o, -1))
+    if b:
+        parts.append(g.sum(-1))
+    return torch.cat(parts, -1)
+
+
+def _sequence_rows(a: Tensor, g: Tensor, w: bool, b: bool) -> Tensor:
+    """Explicit per-row gradients of a Linear applied over positions: (N, O, P_layer)."""
+    n, o = g.shape[:2]
+    a = a.reshape(n, -1, a.shape[-1])
+    g = g.reshape(n, o, -1, g.shape[-1])
+    parts = []
+    if w:
+        parts.append(torch.einsum("notd,nti->nodi", g, a).reshape(n, o, -1))
+    if b:
+        parts.append(g.sum(2))
+    return torch.cat(parts, -1)
+
+
+def kernel_factors(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    outputs: str = "logits",
+    loss: str = "cross_entropy",
+    param_names: str | Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> KernelFactors:
+    """Jacobian factors of one batch (rows (n, o) of J, or per-example loss gradients)."""
+    if outputs not in ("logits", "loss"):
+        raise InputError(f"outputs must be 'logits' or 'loss', got {outputs!r}")
+    names = resolve_param_names(model, param_names)
+    free = set(names)
+    live = dict(model.named_parameters())
+    layers = _layer_plan(model, free)
+    inputs: dict[str, Tensor] = {}
+    zs: dict[str, Tensor] = {}
+    calls: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            inputs[name] = args[0].detach()
+            zs[name] = out
+            calls[name] = calls.get(name, 0) + 1
+
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+    loss_fn = get_loss(loss)
+    try:
+        with eval_mode(model), _requires_grad([live[n] for n in names]), torch.enable_grad():
+            out = model(x)
+            if out.ndim != 2:
+                raise InputError(f"the model must map a batch to (N, O) outputs, got {out.shape}")
+            n = out.shape[0]
+            if outputs == "loss":
+                if y is None:
+                    raise InputError("outputs='loss' needs targets")
+                target = loss_fn.prepare_target(y.to(out.device), n, out.shape[1], out.dtype)
+                # Σ_n r_nᵀ f_n with r_n = ∂ℓ_n/∂f_n fixed: its gradient rows are the loss
+                # gradients, free of the cancellation in differentiating ℓ itself
+                r = loss_fn.output_gradient(out.detach(), target)
+                scalars = [(out * r).sum()]
+            else:
+                scalars = [out[:, o].sum() for o in range(out.shape[1])]
+            # a layer applied more than once (shared weights) goes the explicit way
+            present = [name for name in layers if calls.get(name) == 1]
+            grads = [
+                torch.autograd.grad(s, [zs[k] for k in present], retain_graph=True)
+                if present
+                else ()
+                for s in scalars
+            ]
+    finally:
+        for h in handles:
+            h.remove()
+    n_out = len(scalars)
+    hadamard: list[tuple[Tensor | None, Tensor, bool]] = []
+    explicit: list[Tensor] = []
+    for i, name in enumerate(present):
+        module = layers[name]
+        prefix = f"{name}." if name else ""
+        w, b = f"{prefix}weight" in free, f"{prefix}bias" in free and module.bias is not None
+        a = inputs[name].to(dtype)
+        g = torch.stack([grads[o][i] for o in range(n_out)], 1).detach().to(dtype)
+        if isinstance(module, nn.Conv2d):
+            explicit.append(_conv_rows(module, a, g, w, b))
+        elif a.ndim > 2:
+            explicit.append(_sequence_rows(a, g, w, b))
+        else:
+            hadamard.append((a if w else None, g, b))
+    # parameters outside Linear/Conv2d layers, and layers whose forward never ran
+    covered = {n for name in present for n in _own_free(name, layers[name], free)}
+    rest = [n for n in names if n not in covered]
+    if rest:
+        explicit.append(_explicit_rows(model, x, y, rest, outputs, loss).detach().to(dtype))
+    return KernelFactors(
+        n=n,
+        n_outputs=n_out,
+        hadamard=hadamard,
+        explicit=torch.cat(explicit, -1) if explicit else None,
+    )
+
+
+def _explicit_rows(
+    model: nn.Module, x: Tensor, y: Tensor | None, names: list[str], outputs: str, loss: str
+) -> Tensor:
+    """Per-example Jacobian columns for ``names``, by vmapped reverse mode: (N, O, P_names)."""
+    live = dict(model.named_parameters())
+    params = {n: live[n].detach() for n in names}
+    loss_fn = get_loss(loss)
+
+    def one(p: dict[str, Tensor], xn: Tensor, rn: Tensor | None) -> Tensor:
+        out = functional_call(model, p, (xn.unsqueeze(0),), strict=False)
+        if outputs == "loss":
+            return (out[0] * rn).sum().reshape(1)
+        return out[0]
+
+    with eval_mode(model):
+        if outputs == "loss":
+            with torch.no_grad():
+                out = model(x)
+            target = loss_fn.prepare_target(y.to(x.device), x.shape[0], out.shape[1], out.dtype)
+            r = loss_fn.output_gradient(out, target)
+            jac = vmap(jacrev(one), in_dims=(None, 0, 0))(params, x, r)
+        else:
+            jac = vmap(jacrev(lambda p, xn: one(p, xn, None)), in_dims=(None, 0))(params, x)
+    return torch.cat([jac[n].reshape(x.shape[0], jac[n].shape[1], -1) for n in names], -1)
+
+
+def _cross(left: KernelFactors, right: KernelFactors) -> Tensor:
+    """K between the rows of two batches: (N·O_left, M·O_right)."""
+    n, m, o1, o2 = left.n, right.n, left.n_outputs, right.n_outputs
+    out = torch.zeros(n * o1, m * o2, dtype=torch.float64, device=_device(left))
+    view = out.view(n, o1, m, o2)
+    for (a1, g1, bias), (a2, g2, _) in zip(left.hadamard, right.hadamard, strict=True):
+        gg = (g1.reshape(n * o1, -1) @ g2.reshape(m * o2, -1).T).view(n, o1, m, o2)
+        aa = a1 @ a2.T if a1 is not None else torch.zeros(n, m, dtype=gg.dtype, device=gg.device)
+        if bias:
+            aa = aa + 1.0
+        view += gg * aa[:, None, :, None]
+    if left.explicit is not None and right.explicit is not None:
+        out += left.explicit.reshape(n * o1, -1) @ right.explicit.reshape(m * o2, -1).T
+    return out
+
+
+def _device(f: KernelFactors) -> torch.device:
+    if f.hadamard:
+        return f.hadamard[0][1].device
+    assert f.explicit is not None
+    return f.explicit.device
+
+
+def ntk_cross(left: Iterable[KernelFactors], right: Sequence[KernelFactors]) -> Tensor:
+    """The kernel block K_{LR} between two sets of factors, rows stacked in batch order."""
+    right = list(right)
+    rows = [torch.cat([_cross(fl, fr) for fr in right], 1) for fl in left]
+    if not rows:
+        raise InputError("no batch to build a kernel from")
+    return torch.cat(rows)
+
+
+def ntk_diagonal(factors: KernelFactors) -> Tensor:
+    """diag K = ‖J_{(n,o)}‖² for the rows of one batch: (N·O,)."""
+    n, o = factors.n, factors.n_outputs
+    out = torch.zeros(n, o, dtype=torch.float64, device=_device(factors))
+    for a, g, bias in factors.hadamard:
+        aa = (a * a).sum(-1) if a is not None else torch.zeros(n, dtype=out.dtype)
+        out += g.pow(2).sum(-1) * (aa + (1.0 if bias else 0.0))[:, None]
+    if factors.explicit is not None:
+        out += factors.explicit.pow(2).sum(-1)
+    return out.reshape(-1)
