@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SHORTER = [
     ('tb.data.load_dataset("digits")', 'tb.data.load_dataset("digits", n_train=300)'),
     ("tb.TrainConfig(epochs=30)", "tb.TrainConfig(epochs=5, progress=False)"),
-    ("max_iters=100", "max_iters=20"),
+    ("post.predict(x, n_samples=32)", "post.predict(x, n_samples=8)"),
     ("IBVIConfig(epochs=30,", "IBVIConfig(epochs=3,"),
     ("for epoch in range(30):", "for epoch in range(2):"),
 ]
