@@ -34,7 +34,17 @@ def test_ibvi_in_compare(tmp_path: Path, monkeypatch) -> None:
     )
     results = run_compare(settings)
     row = results["methods"]["ibvi"]
-    for key in ("accuracy", "nll", "ece", "brier", "ood_auroc", "shift_accuracy", "fit_seconds"):
+    for key in (
+        "accuracy",
+        "nll",
+        "ece",
+        "brier",
+        "ood_auroc",
+        "ood_auroc_mi",
+        "ood_auroc_variance",
+        "shift_accuracy",
+        "fit_seconds",
+    ):
         assert isinstance(row[key], float), key
     assert row["accuracy"] > 0.6  # far above chance (0.1) after a few hundred steps
     assert row["train_seconds"] > 0 and row["temperature"] > 0

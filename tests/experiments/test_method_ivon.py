@@ -31,7 +31,16 @@ def test_compare_map_and_ivon(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0
     assert "ivon" in capsys.readouterr().out
     row = json.loads((out / "results.json").read_text())["methods"]["ivon"]
-    for key in ("accuracy", "nll", "ece", "brier", "ood_auroc", "shift_accuracy"):
+    for key in (
+        "accuracy",
+        "nll",
+        "ece",
+        "brier",
+        "ood_auroc",
+        "ood_auroc_mi",
+        "ood_auroc_variance",
+        "shift_accuracy",
+    ):
         assert isinstance(row[key], float), key
     assert row["accuracy"] > 0.2  # 18 clipped steps on 300 digits: above chance (0.1)
     assert row["ivon"]["ess"] == 300.0 and row["ivon_epochs"] == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tacitbayes.curvature.kfac import KFAC
 from tacitbayes.curvature.losses import Loss, get_loss
+from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross, ntk_diagonal
 from tacitbayes.curvature.operators import (
     GGN,
     DenseOperator,
@@ -33,9 +34,13 @@ __all__ = [
     "Hessian",
     "Jacobian",
     "KFAC",
+    "KernelFactors",
     "LinearOperator",
     "Loss",
     "get_loss",
+    "kernel_factors",
+    "ntk_cross",
+    "ntk_diagonal",
     "ggn_diagonal",
     "hutchinson_diagonal",
     "hutchinson_trace",

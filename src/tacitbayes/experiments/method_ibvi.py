@@ -94,6 +94,12 @@ class VariationalPredictor:
         self.samples = [vnet.sample(generator) for _ in range(n_samples)]
         self.info = info
 
+    def predict_samples(self, x: torch.Tensor) -> torch.Tensor:
+        """Tempered logits f(w_k, x)/T for the fixed samples, shape (K, len(x), n_classes)."""
+        temp = float(self.vnet.temperature)
+        with torch.no_grad():
+            return torch.stack([self.vnet.fmodel(s, x) / temp for s in self.samples])
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of shape (len(x), n_classes)."""
         return self.vnet.predict(x, samples=self.samples)

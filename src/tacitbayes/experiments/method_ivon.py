@@ -61,6 +61,22 @@ class IvonPredictor:
         self.generator = torch.Generator().manual_seed(seed + 7919)
         self.info = info
 
+    def predict_samples(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits f(μ + σ ⊙ ε_s, x) for ``n_samples`` fresh weight samples: (S, len(x), C)."""
+        was_training = self.model.training
+        self.model.eval()
+        outs = []
+        try:
+            for _ in range(self.n_samples):
+                with (
+                    torch.no_grad(),
+                    self.optimizer.sampled_params(train=False, generator=self.generator),
+                ):
+                    outs.append(self.model(x))
+        finally:
+            self.model.train(was_training)
+        return torch.stack(outs)
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities, averaged over ``n_samples`` weight samples."""
         return self.optimizer.sampled_predict(
