@@ -203,19 +203,14 @@ class ProjectedPosterior:
         self._gram = self._factors = self._nystrom = None
         self._small_jac = self._inverses = None
         if self.solver_used == "gram":
-            if 2 * 8 * rows * rows > self.memory_budget:
-                raise InputError(
-                    f"solver='gram' needs {2 * 8 * rows * rows / 2**30:.1f} GiB for the "
-                    f"{rows}x{rows} kernel matrix and its factor, over memory_budget "
-                    f"({self.memory_budget / 2**30:.1f} GiB); use solver='nystrom'"
-                )
-            self._factors = jacobian_factors(self._jac)
+            self._factors = self._gram_factors(rows)
+        if self.solver_used == "gram" and self._factors is not None:
             self._gram = GramSolver(ntk_cross(self._factors, self._factors))
-        elif self.solver_used == "nystrom":
+        if self.solver_used == "nystrom":
             rank = min(self.nystrom_rank, max(1, self.memory_budget // (3 * 8 * rows)))
             gen = torch.Generator().manual_seed(self.seed)
             self._nystrom = nystrom_preconditioner(self._jac, rank, gen)
-        elif self.solver_used == "alternating":
+        if self.solver_used == "alternating":
             self._small_jac = self._jacobian(
                 _Pairs(train_loader, self.projection_batch_size), cache=True
             )
@@ -225,6 +220,26 @@ class ProjectedPosterior:
         self.infos = []
         self.setup_seconds = time.perf_counter() - start
         return self
+
+    def _gram_factors(self, rows: int) -> list[KernelFactors] | None:
+        """The Jacobian factors for the dense kernel, if they, K and its factor fit the budget.
+
+        Over budget: ``auto`` falls back to ``nystrom`` (None); an explicit ``gram`` raises.
+        """
+        need = 2 * 8 * rows * rows
+        factors = jacobian_factors(self._fitted()) if need <= self.memory_budget else None
+        if factors is not None:
+            need += sum(f.nbytes() for f in factors)
+        if need <= self.memory_budget:
+            return factors
+        if self.solver == "auto":
+            self.solver_used = "nystrom"
+            return None
+        raise InputError(
+            f"solver='gram' needs {need / 2**30:.1f} GiB for the {rows}x{rows} kernel "
+            f"matrix, its factor and the Jacobian factors, over memory_budget "
+            f"({self.memory_budget / 2**30:.1f} GiB); use solver='nystrom'"
+        )
 
     @property
     def n_params(self) -> int:
