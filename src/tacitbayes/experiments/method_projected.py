@@ -38,7 +38,11 @@ class PosteriorPredictor:
 
 def _fit(ctx: FitContext, loss_projected: bool) -> PosteriorPredictor:
     post = ProjectedPosterior(
-        ctx.model, "classification", loss_projected=loss_projected, seed=ctx.seed
+        ctx.model,
+        "classification",
+        loss_projected=loss_projected,
+        seed=ctx.seed,
+        progress=ctx.progress,
     )
     start = time.perf_counter()
     post.fit(BatchLoader(ctx.data.train, PASS_BATCH))

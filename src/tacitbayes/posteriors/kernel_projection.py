@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
@@ -197,9 +198,16 @@ def nystrom_projection(
     preconditioner: Callable[[Tensor], Tensor] | None,
     tol: float = 1e-3,
     max_iters: int = 300,
+    progress: bool = False,
 ) -> tuple[Tensor, ProjectionInfo]:
     """𝒫V = V − Jᵀ U, K U = J V by CG on the matrix-free K = J Jᵀ, preconditioned."""
     start = time.perf_counter()
+    bar = tqdm(total=max_iters, desc="null-space CG", disable=not progress or None, leave=False)
+
+    def kernel_product(W: Tensor) -> Tensor:
+        bar.update(1)
+        return jac @ (jac.T @ W)
+
     info = ProjectionInfo(solver="nystrom")
     B = jac @ V
     b_norm = torch.linalg.vector_norm(B, dim=0)
@@ -210,7 +218,7 @@ def nystrom_projection(
     # the residual is then measured with the Jacobian and CG restarts on it if needed
     while True:
         U, cg_info = cg(
-            lambda W: jac @ (jac.T @ W),
+            kernel_product,
             R,
             tol=inner_tol,
             max_iters=max(1, max_iters - iterations),
@@ -228,6 +236,7 @@ def nystrom_projection(
         if worst <= tol or iterations >= max_iters or cg_info.iterations == 0:
             break
         inner_tol = 0.5 * tol / worst  # relative to the new right-hand side R
+    bar.close()
     info.iterations = iterations
     info.history = history
     info.data_passes = passes

@@ -118,6 +118,7 @@ class ProjectedPosterior:
         param_names: str | Sequence[str] | None = None,
         chunk_size: int | None = None,
         seed: int = 0,
+        progress: bool = False,
     ) -> None:
         if likelihood not in LIKELIHOODS:
             raise InputError(
@@ -151,6 +152,7 @@ class ProjectedPosterior:
             chunk_size,
             seed,
         )
+        self.progress = progress
         self.solver_used: str | None = None
         self._jac: DataJacobian | None = None
         self._small_jac: DataJacobian | None = None
@@ -266,7 +268,14 @@ class ProjectedPosterior:
         if self.solver_used == "gram" and self._gram is not None:
             return gram_projection(jac, V, self._gram, tol=self.tol)
         if self.solver_used == "nystrom":
-            return nystrom_projection(jac, V, self._nystrom, tol=self.tol, max_iters=self.max_iters)
+            return nystrom_projection(
+                jac,
+                V,
+                self._nystrom,
+                tol=self.tol,
+                max_iters=self.max_iters,
+                progress=self.progress,
+            )
         if self.solver_used == "alternating":
             if self._small_jac is None or self._inverses is None:
                 raise InputError("call fit(train_loader) first")
