@@ -37,6 +37,7 @@ __all__ = [
     "NystromPreconditioner",
     "gram_projection",
     "jacobian_factors",
+    "nystrom_preconditioner",
     "nystrom_projection",
 ]
 

@@ -73,14 +73,16 @@ def validation_nll(
     """
     totals = torch.zeros(len(precisions), dtype=torch.float64)
     count = 0
+    fmodel = FunctionalModel(model, param_names)
+    params = fmodel.params()
+    device = next(iter(params.values())).device
     for x, y in loader:
+        x = x.to(device)
         with torch.no_grad():
             shifted = sample_logits(
                 model, x, deltas, linearized=True, param_names=param_names, chunk_size=chunk_size
             )
-            f0 = sample_logits(model, x, deltas[:1] * 0, linearized=False, param_names=param_names)[
-                0
-            ]
+            f0 = fmodel(params, x)
         shifts = shifted - f0
         y = y.to(f0.device).long()
         for i, alpha in enumerate(precisions):
