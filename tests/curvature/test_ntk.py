@@ -8,6 +8,7 @@ from torch import nn
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import kernel_factors, ntk_cross, ntk_diagonal
+from tacitbayes.errors import InputError
 
 DT = torch.float64
 
@@ -100,3 +101,9 @@ def test_loss_rows_are_accurate_for_confident_float32_examples() -> None:
     factors = kernel_factors(model, x, y, outputs="loss")
     gram = ntk_cross([factors], [factors])
     assert torch.allclose(gram, exact @ exact.T, rtol=1e-5, atol=0)
+
+
+def test_explicit_rows_over_the_byte_limit_are_refused() -> None:
+    _, model, x = _cases()[1]
+    with pytest.raises(InputError, match="explicit per-row gradients"):
+        kernel_factors(model, x, max_explicit_bytes=1000)

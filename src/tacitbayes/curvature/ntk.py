@@ -132,8 +132,13 @@ def kernel_factors(
     loss: str = "cross_entropy",
     param_names: str | Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
+    max_explicit_bytes: int = 2**31,
 ) -> KernelFactors:
-    """Jacobian factors of one batch (rows (n, o) of J, or per-example loss gradients)."""
+    """Jacobian factors of one batch (rows (n, o) of J, or per-example loss gradients).
+
+    The explicit per-row gradients (Conv2d, sequence-Linear and other parameters) take
+    N·O·P_explicit numbers; over ``max_explicit_bytes`` an InputError says so.
+    """
     if outputs not in ("logits", "loss"):
         raise InputError(f"outputs must be 'logits' or 'loss', got {outputs!r}")
     names = resolve_param_names(model, param_names)
@@ -182,6 +187,22 @@ def kernel_factors(
         for h in handles:
             h.remove()
     n_out = len(scalars)
+    # parameters outside Linear/Conv2d layers, and layers whose forward never ran
+    covered = {n for name in present for n in _own_free(name, layers[name], free)}
+    rest = [n for n in names if n not in covered]
+    explicit_params = sum(live[n].numel() for n in rest) + sum(
+        live[n].numel()
+        for name in present
+        if isinstance(layers[name], nn.Conv2d) or inputs[name].ndim > 2
+        for n in _own_free(name, layers[name], free)
+    )
+    explicit_bytes = n * n_out * explicit_params * torch.finfo(dtype).bits // 8
+    if explicit_bytes > max_explicit_bytes:
+        raise InputError(
+            f"the kernel factors of this batch need {explicit_bytes / 2**30:.1f} GiB of explicit "
+            f"per-row gradients ({explicit_params:,} parameters outside plain Linear layers); "
+            "use smaller batches, or solver='krylov', which never forms them"
+        )
     hadamard: list[tuple[Tensor | None, Tensor, bool]] = []
     explicit: list[Tensor] = []
     for i, name in enumerate(present):
@@ -196,9 +217,6 @@ def kernel_factors(
             explicit.append(_sequence_rows(a, g, w, b))
         else:
             hadamard.append((a if w else None, g, b))
-    # parameters outside Linear/Conv2d layers, and layers whose forward never ran
-    covered = {n for name in present for n in _own_free(name, layers[name], free)}
-    rest = [n for n in names if n not in covered]
     if rest:
         explicit.append(_explicit_rows(model, x, y, rest, outputs, loss).detach().to(dtype))
     return KernelFactors(
