@@ -200,14 +200,7 @@ def ood_auroc(
     else:
         s_in = torch.special.entr(p_in).sum(dim=1)
         s_out = torch.special.entr(p_out).sum(dim=1)
-    scores = torch.cat([s_in, s_out]).cpu().numpy()
-    target = torch.cat(
-        [
-            torch.zeros(s_in.shape[0], dtype=torch.int64),
-            torch.ones(s_out.shape[0], dtype=torch.int64),
-        ]
-    ).numpy()
-    return float(roc_auc_score(target, scores))
+    return auroc_from_scores(s_in, s_out)
 
 
 def mutual_information(sample_probs: torch.Tensor) -> torch.Tensor:

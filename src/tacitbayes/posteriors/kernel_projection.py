@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ __all__ = [
     "GramSolver",
     "NystromPreconditioner",
     "gram_projection",
+    "iter_factors",
     "jacobian_factors",
     "nystrom_preconditioner",
     "nystrom_projection",
@@ -44,9 +45,8 @@ __all__ = [
 JITTER = 1e-10
 
 
-def jacobian_factors(jac: DataJacobian, indices: Tensor | None = None) -> list[KernelFactors]:
-    """Kernel factors of every batch of ``jac`` (or of the examples at ``indices`` only)."""
-    out = []
+def iter_factors(jac: DataJacobian, indices: Tensor | None = None) -> Iterator[KernelFactors]:
+    """Kernel factors batch by batch, streamed (or of the examples at sorted ``indices`` only)."""
     start = 0
     for x, y in jac.iter_batches():
         n = x.shape[0]
@@ -56,21 +56,23 @@ def jacobian_factors(jac: DataJacobian, indices: Tensor | None = None) -> list[K
             if len(local) == 0:
                 continue
             x, y = x[local], y[local]
-        out.append(
-            kernel_factors(
-                jac.fmodel.module,
-                x,
-                y,
-                outputs=jac.outputs,
-                loss=jac.loss_name,
-                param_names=list(jac.params),
-            )
+        yield kernel_factors(
+            jac.fmodel.module,
+            x,
+            y,
+            outputs=jac.outputs,
+            loss=jac.loss_name,
+            param_names=list(jac.params),
         )
-    return out
+
+
+def jacobian_factors(jac: DataJacobian, indices: Tensor | None = None) -> list[KernelFactors]:
+    """Kernel factors of every batch of ``jac`` (or of the examples at ``indices`` only), held."""
+    return list(iter_factors(jac, indices))
 
 
 class GramSolver:
-    """K⁺ B for the dense NTK Gram: jittered Cholesky factor, refined by preconditioned CG."""
+    """K⁺ B for the dense NTK Gram: a jittered Cholesky factor and iterative refinement."""
 
     def __init__(self, gram: Tensor, jitter: float = JITTER) -> None:
         if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
@@ -177,18 +179,8 @@ def nystrom_preconditioner(
     n_examples = max(1, min(jac.n_data, math.ceil(rank / jac.n_outputs)))
     chosen = torch.randperm(jac.n_data, generator=generator)[:n_examples].sort().values
     subset = jacobian_factors(jac, chosen)
-    columns = []
-    for x, y in jac.iter_batches():  # stream the loader; the subset's factors stay
-        factors = kernel_factors(
-            jac.fmodel.module,
-            x,
-            y,
-            outputs=jac.outputs,
-            loss=jac.loss_name,
-            param_names=list(jac.params),
-        )
-        columns.append(ntk_cross([factors], subset))
-    C = torch.cat(columns)
+    # stream the loader: only the subset's factors stay in memory
+    C = torch.cat([ntk_cross([factors], subset) for factors in iter_factors(jac)])
     core = ntk_cross(subset, subset)
     return NystromPreconditioner(C, core)
 
