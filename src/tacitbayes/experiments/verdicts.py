@@ -34,7 +34,7 @@ def verdict(row: dict[str, Any], map_row: dict[str, Any]) -> str:
     d_acc = row["accuracy"] - map_row["accuracy"]
     scores = {k: v for k, v in row.items() if k.startswith("ood_auroc") and isinstance(v, float)}
     best = max(scores, key=scores.get) if scores else None
-    ood = f"; best OOD AUROC {scores[best]:.3f} ({best})" if best else ""
+    ood = f"; best OOD AUROC {scores[best]:.4f} ({best})" if best else ""
     if d_nll > UNDERFIT_NLL or d_acc < 0:
         return (
             f"worse than MAP in distribution (NLL {d_nll:+.4f}, accuracy {d_acc:+.4f}): "
