@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from tacitbayes.batches import Inputs, model_output, move_inputs
 from tacitbayes.errors import InputError
 
 __all__ = [
@@ -199,13 +200,18 @@ class FunctionalModel:
         """Number of free scalars P."""
         return n_params(self.params())
 
-    def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """Evaluate f(θ, x) with the free parameters taken from ``params``."""
+    def __call__(self, params: Mapping[str, Tensor], x: Inputs) -> Tensor:
+        """Evaluate f(θ, x) (``module(**x)`` for keyword inputs), inputs on θ's device and dtype."""
         live = dict(self.module.named_parameters())
         fixed = {n: live[n].detach() for n in self._fixed_names}
         buffers = dict(self.module.named_buffers())
+        first = next(iter(params.values()))
+        x = move_inputs(x, first.device, first.dtype)
+        dicts = (dict(params), fixed, buffers)
         with eval_mode(self.module):
-            return functional_call(self.module, (dict(params), fixed, buffers), (x,))
+            if isinstance(x, Tensor):
+                return model_output(functional_call(self.module, dicts, (x,)))
+            return model_output(functional_call(self.module, dicts, (), dict(x)))
 
 
 def functionalize(

@@ -334,22 +334,41 @@ def test_library_models(name: str, opts: dict) -> None:
     assert torch.isfinite(K @ v).all() and torch.isfinite(K.solve(v, 1.0)).all()
 
 
-@pytest.mark.parametrize(
-    ("name", "words"), [("resnet", ["GroupNorm"]), ("vit", ["LayerNorm", "pos_embed"])]
-)
-def test_unsupported_modules(name: str, words: list[str]) -> None:
+@pytest.mark.parametrize("name", ["resnet", "vit"])
+def test_norm_and_container_parameters_get_exact_diagonal_blocks(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name, (1, 8, 8), 10)
-    data = (torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,)))
-    with pytest.raises(InputError, match="KFAC supports nn.Linear and nn.Conv2d") as err:
-        KFAC(model, "cross_entropy", data)
-    assert all(w in str(err.value) for w in [*words, "param_names"])
-    K = KFAC(model, "cross_entropy", data, param_names=last_layer_names(model))
-    assert K.layers == ["head"]
-    if name == "vit":  # every Linear/Conv2d of the ViT: tokens are expanded like conv locations
-        mods = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-        K = KFAC(model, "cross_entropy", data, param_names=layer_names(model, mods))
-        assert K.layers == mods and torch.isfinite(K @ torch.randn(K.shape[0])).all()
+    small = {"resnet": {"channels": (4, 8), "blocks": 1, "norm_groups": 2}}
+    small["vit"] = {"dim": 8, "depth": 1, "heads": 2}
+    model = build_model(name, (1, 8, 8), 10, **small[name]).double()
+    x, y = torch.randn(3, 1, 8, 8, dtype=DT), torch.randint(0, 10, (3,))
+    K = KFAC(model, "cross_entropy", (x, y), reduction="sum")
+    assert K.shape[0] == sum(p.numel() for p in model.parameters())
+    mods = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert K.layers == mods
+    others = [b for b in K.blocks if b not in mods]
+    kinds = {type(dict(model.named_modules())[b]).__name__ for b in others}
+    assert kinds == ({"GroupNorm"} if name == "resnet" else {"LayerNorm", "ViT"})  # ViT: pos_embed
+    linear = KFAC(model, "cross_entropy", (x, y), "sum", layer_names(model, mods))
+    dense = K.to_dense()
+    exact = GGN(model, "cross_entropy", (x, y), reduction="sum").to_dense()
+    covered = torch.zeros(K.shape[0], dtype=torch.bool)
+    for b in others:  # every diagonal block is the exact GGN diagonal there, zero off it
+        idx = K._diag_index[b]
+        block = dense[idx[:, None], idx[None, :]]
+        torch.testing.assert_close(block, torch.diag(exact.diagonal()[idx]), rtol=1e-9, atol=1e-12)
+        covered[idx] = True
+    for la in mods:  # the Kronecker blocks are those of KFAC over the Linear/Conv2d layers
+        idx = K.flat_index(la)
+        torch.testing.assert_close(K.kronecker(la).to_dense(), linear.kronecker(la).to_dense())
+        covered[idx] = True
+    assert bool(covered.all())
+    # damped solve, log-determinant and sampling agree with the dense block-diagonal matrix
+    v = torch.randn(K.shape[0], dtype=DT)
+    damped = dense + 0.7 * torch.eye(K.shape[0], dtype=DT)
+    torch.testing.assert_close(K.solve(v, 0.7), torch.linalg.solve(damped, v))
+    torch.testing.assert_close(K.logdet(0.7), torch.linalg.slogdet(damped)[1])
+    T = K.sample_transform(torch.eye(K.shape[0], dtype=DT), 0.7)  # covariance T Tᵀ
+    torch.testing.assert_close(T @ T.T, torch.linalg.inv(damped), rtol=1e-7, atol=1e-10)
 
 
 def test_bad_input() -> None:
@@ -386,8 +405,11 @@ def test_unsupported_structures() -> None:
     with pytest.raises(InputError, match="shared"):
         KFAC(tied, "cross_entropy", data)
     grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten()).double()
-    with pytest.raises(InputError, match="groups=1"):
-        KFAC(grouped, "mse", (torch.randn(2, 2, 4, 4, dtype=DT), torch.randn(2, 8, dtype=DT)))
+    gdata = (torch.randn(2, 2, 4, 4, dtype=DT), torch.randn(2, 8, dtype=DT))
+    K = KFAC(grouped, "mse", gdata)  # a grouped conv gets an exact diagonal block
+    assert K.layers == [] and K.blocks == ["0"]
+    exact = GGN(grouped, "mse", gdata).to_dense()
+    torch.testing.assert_close(K.to_dense(), torch.diag(exact.diagonal()))
 
     class Attn(nn.Module):
         def __init__(self) -> None:
@@ -399,7 +421,7 @@ def test_unsupported_structures() -> None:
 
     attn = Attn().double()
     tdata = (torch.randn(2, 3, 4, dtype=DT), torch.randint(0, 4, (2,)))
-    with pytest.raises(InputError, match="MultiheadAttention"):
+    with pytest.raises(InputError, match="not called as modules"):
         KFAC(attn, "cross_entropy", tdata)
     with pytest.raises(InputError, match="not called as modules"):
         KFAC(attn, "cross_entropy", tdata, param_names=layer_names(attn, "mha.out_proj"))

@@ -215,6 +215,69 @@ def test_reduction_sum_is_n_times_mean(loss: str) -> None:
     assert rel_err(dsum, N * ggn_diagonal(model, loss, (x, y))) < 1e-12
 
 
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("name", ["mlp_tanh", "cnn"])
+def test_cached_hessian_is_exact_and_follows_updates(name: str, loss: str) -> None:
+    model = make_model(name)
+    x, y = make_data(name, loss)
+    hess = Hessian(model, loss, (x, y), chunk_size=3)  # a single batch: cached by default
+    assert hess.caches_graph
+    gen = torch.Generator().manual_seed(9)
+    v = torch.randn(hess.shape[1], generator=gen, dtype=DT)
+    block = torch.randn(hess.shape[1], 4, generator=gen, dtype=DT)
+    ref = dense_hessian(model, x, y, loss)
+    assert rel_err(hess @ v, ref @ v) < 1e-10
+    graphs = hess._graphs
+    assert rel_err(hess @ block, ref @ block) < 1e-10
+    assert hess._graphs is graphs  # the second product reused the retained graph
+    # In-place updates (an optimiser step, a change of the data) rebuild the cache.
+    model.zero_grad()
+    _ref_loss(model(x), y, loss).sum().backward()
+    torch.optim.SGD(model.parameters(), lr=0.3).step()
+    ref = dense_hessian(model, x, y, loss)
+    assert rel_err(hess @ v, ref @ v) < 1e-10
+    assert rel_err(hess @ block, ref @ block) < 1e-10
+    with torch.no_grad():
+        x.mul_(1.5)
+    ref = dense_hessian(model, x, y, loss, reduction="mean")
+    assert rel_err(hess @ block, ref @ block) < 1e-10
+    # Writes through .data bypass version counters: clear_cache() makes them seen.
+    model[0].weight.data.add_(0.2)
+    hess.clear_cache()
+    assert rel_err(hess @ v, dense_hessian(model, x, y, loss) @ v) < 1e-10
+    # Against the uncached product, and for reduction="sum".
+    plain = Hessian(model, loss, (x, y), cache_graph=False)
+    assert not plain.caches_graph and rel_err(hess @ block, plain @ block) < 1e-12
+    summed = Hessian(model, loss, [(x, y)], reduction="sum")
+    assert rel_err(summed @ v, N * (plain @ v)) < 1e-12
+
+
+def test_cached_hessian_batches_fixed_params_and_options() -> None:
+    model = make_model("mlp_tanh")
+    x, y = make_data("mlp_tanh", "cross_entropy", n=9)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+    assert not Hessian(model, "cross_entropy", batches).caches_graph
+    hess = Hessian(model, "cross_entropy", batches, cache_graph=True)
+    v = torch.randn(66, dtype=DT, generator=torch.Generator().manual_seed(10))
+    assert rel_err(hess @ v, dense_hessian(model, x, y, "cross_entropy") @ v) < 1e-10
+    assert hess.n_data == 9 and len(hess._graphs[1]) == 2
+    # A last-layer Hessian reads the first layer as a fixed parameter: updating it counts.
+    names = last_layer_names(model)
+    sub = Hessian(model, "cross_entropy", (x, y), names)
+    u = torch.randn(sub.shape[0], 3, dtype=DT)
+    sub @ u
+    with torch.no_grad():
+        model[0].weight.mul_(-0.5)
+    full = dense_hessian(model, x, y, "cross_entropy")
+    assert rel_err(sub @ u, full[-sub.shape[0] :, -sub.shape[0] :] @ u) < 1e-10
+    assert rel_err(hess @ v, full @ v) < 1e-10
+    with pytest.raises(InputError, match="cache_graph"):
+        Hessian(model, "mse", (x, y), mode="forward-over-reverse", cache_graph=True)
+    with pytest.raises(InputError, match="cache_graph"):
+        Hessian(model, "mse", (x, y), cache_graph=1)
+    assert not Hessian(model, "mse", (x, y), mode="forward-over-reverse").caches_graph
+
+
 def test_block_products_equal_columnwise_products() -> None:
     model = make_model("cnn")
     x, y = make_data("cnn", "cross_entropy")

@@ -247,3 +247,72 @@ def test_train_ibvi_records_validation_accuracy_and_is_seeded() -> None:
     assert [h["epoch"] for h in runs[0].history] == [1, 2]
     assert all(0 <= h["val_accuracy_mean"] <= 1 for h in runs[0].history)
     assert runs[0].history == runs[1].history  # seeded: identical runs
+
+
+def test_dropout_fires_in_train_mode_only(batch):
+    """Train mode: same draw z, different dropout masks; predict is eval mode, deterministic."""
+    x, _ = batch
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(p=0.5), nn.Linear(32, 3))
+    vnet = VariationalModel(net, rank=2)
+    vnet.train()
+    out1 = vnet(x, torch.Generator().manual_seed(7))
+    out2 = vnet(x, torch.Generator().manual_seed(7))  # same variational noise
+    assert not torch.allclose(out1, out2)
+    params = vnet.sample(torch.Generator().manual_seed(7))
+    p1 = vnet.predict(x, samples=[params])
+    p2 = vnet.predict(x, samples=[params])
+    torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(vnet.predict(x, 4, generator=g1), vnet.predict(x, 4, generator=g2))
+    assert vnet.training and net[2].training
+    vnet.eval()  # eval mode: the forward pass is a function of z alone
+    out3 = vnet(x, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(out3, vnet(x, torch.Generator().manual_seed(7)))
+    torch.testing.assert_close(torch.softmax(out3, -1), p1)
+
+
+def test_batchnorm_running_stats_move_in_training_not_in_predict():
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(32, 6, generator=gen) * 3 + 2
+    labels = torch.randint(0, 3, (32,), generator=gen)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    vnet = VariationalModel(net, rank=2)
+    bn = net[1]
+    vnet.eval()  # the caller's mode, restored by train_ibvi
+    before = bn.running_mean.clone()
+    config = IBVIConfig(epochs=1, batch_size=16, lr=0.01, progress=False)
+    train_ibvi(vnet, TensorDataset(inputs, labels), config)
+    assert not torch.allclose(bn.running_mean, before)
+    assert int(bn.num_batches_tracked) == 2
+    assert not vnet.training and not any(m.training for m in vnet.modules())
+    # expected_loss + backward in train mode moves them too; predict does not
+    vnet.train()
+    after_train = bn.running_mean.clone()
+    vnet.expected_loss(inputs, labels).backward()
+    assert not torch.allclose(bn.running_mean, after_train)
+    frozen = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    vnet.predict(inputs, n_samples=3)
+    assert torch.equal(bn.running_mean, frozen[0]) and torch.equal(bn.running_var, frozen[1])
+    assert int(bn.num_batches_tracked) == frozen[2]
+
+
+def test_predict_restores_training_flags(batch):
+    x, _ = batch
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+    vnet = VariationalModel(net, rank=2)
+    vnet.train()
+    net[2].eval()  # mixed flags must come back exactly
+    flags = [m.training for m in vnet.modules()]
+    vnet.predict(x, n_samples=2)
+    assert [m.training for m in vnet.modules()] == flags
+    vnet.eval()
+    vnet.predict(x, n_samples=2)
+    assert not any(m.training for m in vnet.modules())
+    # train_ibvi restores mixed flags too
+    vnet.train()
+    net[2].eval()
+    y = torch.randint(0, 3, (len(x),))
+    train_ibvi(vnet, TensorDataset(x, y), IBVIConfig(epochs=1, batch_size=6, progress=False))
+    assert [m.training for m in vnet.modules()] == flags

@@ -18,12 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
+from tacitbayes.batches import Batch, check_loader, n_examples, read_batch, to_model
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.curvature.operators import (
     Data,
     LinearOperator,
-    _as_batches,
-    _check_batch,
     _check_chunk,
     _flatten_rows,
     _free_params,
@@ -55,8 +54,8 @@ class DataJacobian(LinearOperator):
         self.fmodel = FunctionalModel(model, param_names)
         self.params, self._dtype, self._device = _free_params(self.fmodel)
         self.chunk_size = _check_chunk(chunk_size)
-        self.data = _as_batches(data)
-        self._cache: list[tuple[Tensor, Tensor]] | None = [] if cache else None
+        self.data = check_loader(data)
+        self._cache: list[Batch] | None = [] if cache else None
         self.batch_rows: list[int] = []
         n_outputs = None
         for batch in self.data:
@@ -70,8 +69,8 @@ class DataJacobian(LinearOperator):
             if n_outputs is not None and out.shape[1] != n_outputs:
                 raise InputError("every batch must give the same number of outputs")
             n_outputs = int(out.shape[1])
-            self.loss.prepare_target(y, x.shape[0], n_outputs, self._dtype)  # validates
-            self.batch_rows.append(int(x.shape[0]))
+            self.loss.prepare_target(y, n_examples(x), n_outputs, self._dtype)  # validates
+            self.batch_rows.append(n_examples(x))
             if self._cache is not None:
                 self._cache.append((x, y))
         if n_outputs is None:
@@ -83,21 +82,18 @@ class DataJacobian(LinearOperator):
         n_p = sum(t.numel() for t in self.params.values())
         super().__init__((sum(self.batch_rows), n_p), self._dtype, self._device)
 
-    def _prepare(self, batch: object) -> tuple[Tensor, Tensor]:
-        x, y = _check_batch(batch)
-        x = x.to(self._device)
-        if x.is_floating_point():
-            x = x.to(self._dtype)
-        return x, y.to(self._device)
+    def _prepare(self, batch: object) -> Batch:
+        return to_model(read_batch(batch), self._device, self._dtype)
 
-    def iter_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def iter_batches(self) -> Iterator[Batch]:
         """The (x, y) batches in order, on the parameters' device (targets prepared)."""
         source = self._cache if self._cache is not None else self.data
         for batch in source:
             x, y = batch if self._cache is not None else self._prepare(batch)
-            yield x, self.loss.prepare_target(y, x.shape[0], self.network_outputs, self._dtype)
+            target = self.loss.prepare_target(y, n_examples(x), self.network_outputs, self._dtype)
+            yield Batch(x, target)
 
-    def batch(self, index: int) -> tuple[Tensor, Tensor]:
+    def batch(self, index: int) -> Batch:
         """Batch ``index`` (random access: O(1) with ``cache=True``, a partial pass otherwise)."""
         for i, batch in enumerate(self.iter_batches()):
             if i == index:
@@ -109,7 +105,7 @@ class DataJacobian(LinearOperator):
         """Number of batches (row blocks)."""
         return len(self.batch_rows)
 
-    def _function(self, batch: int | tuple[Tensor, Tensor]):
+    def _function(self, batch: int | Batch):
         x, y = self.batch(batch) if isinstance(batch, int) else batch
         if self.outputs == "loss":
             # row n is r_nᵀ J_n with r_n = ∂ℓ_n/∂f_n at θ* (the loss gradient, evaluated
@@ -119,7 +115,7 @@ class DataJacobian(LinearOperator):
             return lambda p: (self.fmodel(p, x) * r).sum(-1)
         return lambda p: self.fmodel(p, x).reshape(-1)
 
-    def batch_matmat(self, index: int | tuple[Tensor, Tensor], V: Tensor) -> Tensor:
+    def batch_matmat(self, index: int | Batch, V: Tensor) -> Tensor:
         """J_b V for batch ``index`` (or an (x, y) batch itself): (P, k) -> (rows_b, k)."""
         fn = self._function(index)
 
@@ -128,7 +124,7 @@ class DataJacobian(LinearOperator):
 
         return vmap(jv, chunk_size=self.chunk_size)(unflatten(V.T, self.params)).T
 
-    def batch_rmatmat(self, index: int | tuple[Tensor, Tensor], U: Tensor) -> Tensor:
+    def batch_rmatmat(self, index: int | Batch, U: Tensor) -> Tensor:
         """J_bᵀ U for batch ``index`` (or an (x, y) batch itself): (rows_b, k) -> (P, k)."""
         _, vjp_fn = vjp(self._function(index), self.params)
         out = vmap(vjp_fn, chunk_size=self.chunk_size)(U.T)[0]

@@ -27,124 +27,44 @@ Conventions:
   (exact for N = 1).  The factors above are for ``reduction="sum"`` (L = Σ_n ℓ_n);
   ``reduction="mean"`` (L = (1/N)Σ_n ℓ_n) divides G by N.  A is never rescaled.
 * A layer with only its weight selected gets no bias column (the bias is held fixed); one with
-  only its bias selected has ã = [1] (d = 1).  A module that owns a selected parameter but is
-  not an nn.Linear / nn.Conv2d (groups=1) raises InputError.
+  only its bias selected has ã = [1] (d = 1).
+* Every other selected parameter (BatchNorm / LayerNorm / GroupNorm affine parameters,
+  embeddings, parameters owned by a container such as a ViT's positional embedding) gets
+  an exact *diagonal* GGN block, Σ_n Σ_c (J_nᵀ s_nc)², one block per owning module, computed
+  in the same pass (:mod:`tacitbayes.curvature.diagonal`). ``blocks`` lists the Kronecker
+  and diagonal blocks in ``named_modules()`` order; a per-block δ follows that order.
+* The C backward passes of a batch run as one batched call (``is_grads_batched``); the
+  loader is read once, and the summed loss Σ_n ℓ_n at θ* is recorded (``loss_sum``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tacitbayes.batches import check_loader, iter_batches
+from tacitbayes.curvature.columns import per_example_columns
+from tacitbayes.curvature.layers import (
+    FactoredLayer,
+    LayerSignals,
+    backprop_batch,
+    find_layers,
+    owner_of,
+    split_layers,
+)
 from tacitbayes.curvature.losses import Loss, get_loss
-from tacitbayes.curvature.operators import LinearOperator, _check_batch, _free_params
+from tacitbayes.curvature.operators import LinearOperator, _free_params
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.linalg import KroneckerProduct
 
-__all__ = ["KFAC", "FactoredLayer", "find_layers"]
+__all__ = ["KFAC", "FactoredLayer", "find_layers"]  # the last two re-exported from layers
 
 CONV_APPROX = ("expand", "reduce")
 _NO_DATA = object()  # from_factors: build the layer structure without a data pass
-
-
-@dataclass
-class FactoredLayer:
-    """One Kronecker-factored layer: module, which parameters are free, flat positions of W̃."""
-
-    name: str
-    module: nn.Linear | nn.Conv2d
-    weight: bool
-    bias: bool
-    index: Tensor  # (out·d,) flat position of row-major vec(W̃)
-    n_out: int
-    d: int
-
-
-def _label(name: str, module: nn.Module) -> str:
-    """A readable name for a module in error messages."""
-    kind = type(module).__name__
-    return f"{name!r} ({kind})" if name else f"the root module ({kind})"
-
-
-def find_layers(model: nn.Module, selected: tuple[str, ...]) -> list[FactoredLayer]:
-    """Linear/Conv2d layers owning the selected parameters, in the W̃ = [W, b] layout (else InputError)."""
-    live = dict(model.named_parameters())
-    offset, start = {}, 0
-    for n in selected:
-        offset[n] = start
-        start += live[n].numel()
-    canonical = {id(p): n for n, p in model.named_parameters()}
-    owners: dict[str, list[str]] = {}
-    found: list[tuple[str, nn.Module, dict[str, str]]] = []
-    for mname, module in model.named_modules():
-        own = {
-            pname: canonical[id(p)]
-            for pname, p in module.named_parameters(recurse=False)
-            if canonical[id(p)] in offset
-        }
-        for full in own.values():
-            owners.setdefault(full, []).append(mname)
-        if own:
-            found.append((mname, module, own))
-    shared = {n: m for n, m in owners.items() if len(m) > 1}
-    if shared:
-        raise InputError(f"KFAC cannot handle parameters shared between modules: {shared}")
-    bad = [
-        f"{_label(m, mod)} has parameters {sorted(own.values())}"
-        for m, mod, own in found
-        if not isinstance(mod, (nn.Linear, nn.Conv2d))
-    ]
-    if bad:
-        raise InputError(
-            "KFAC supports nn.Linear and nn.Conv2d; "
-            + "; ".join(bad[:3])
-            + (f"; and {len(bad) - 3} more such module(s)" if len(bad) > 3 else "")
-            + " — pass param_names to restrict KFAC to supported layers "
-            "(e.g. tacitbayes.functional.last_layer_names(model))"
-        )
-    layers = []
-    for mname, mod, own in found:
-        if isinstance(mod, nn.Conv2d) and mod.groups != 1:
-            raise InputError(f"KFAC supports Conv2d with groups=1 only; {_label(mname, mod)}")
-        w, b = own.get("weight"), own.get("bias")
-        n_out = int(mod.weight.shape[0])
-        n_feat = int(mod.weight[0].numel()) if w is not None else 0
-        d = n_feat + (b is not None)
-        index = torch.empty(n_out, d, dtype=torch.long)
-        if w is not None:
-            index[:, :n_feat] = offset[w] + torch.arange(n_out * n_feat).reshape(n_out, n_feat)
-        if b is not None:
-            index[:, n_feat] = offset[b] + torch.arange(n_out)
-        layers.append(
-            FactoredLayer(mname, mod, w is not None, b is not None, index.reshape(-1), n_out, d)
-        )
-    return layers
-
-
-def _locations(layer: FactoredLayer, a: Tensor, n: int) -> Tensor:
-    """Layer inputs a of shape (N, T, features): unfolded patches (Conv2d) or tokens (Linear)."""
-    mod = layer.module
-    conv = isinstance(mod, nn.Conv2d)
-    if a.ndim < 2 or a.shape[0] != n or (conv and a.ndim != 4):
-        need = "(N, C, H, W)" if conv else "(N, ..., features)"
-        raise InputError(
-            f"layer {layer.name!r} got an input of shape {tuple(a.shape)}; KFAC needs {need} "
-            f"inputs with a leading batch dimension of N = {n} examples"
-        )
-    if isinstance(mod, nn.Conv2d):
-        pad = [int(p) for p in mod._reversed_padding_repeated_twice]
-        if any(pad):
-            mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
-            a = F.pad(a, pad, mode=mode)
-        a = F.unfold(a, mod.kernel_size, dilation=mod.dilation, stride=mod.stride)
-        return a.transpose(1, 2)  # (N, T, in·kh·kw)
-    return a.reshape(n, -1, a.shape[-1])
 
 
 def _input_moment(layer: FactoredLayer, a: Tensor, reduce: bool) -> tuple[Tensor, int]:
@@ -164,34 +84,21 @@ def _input_moment(layer: FactoredLayer, a: Tensor, reduce: bool) -> tuple[Tensor
     return m, int(rows.shape[0])
 
 
-def _out_locations(layer: FactoredLayer, g: Tensor) -> Tensor:
-    """Output gradients (N, out, H, W) or (N, *, out) as (N, T, out)."""
-    if isinstance(layer.module, nn.Conv2d):
-        return g.flatten(2).transpose(1, 2)
-    return g.reshape(g.shape[0], -1, g.shape[-1])
-
-
 def _as_data(data: Any) -> Iterable[Any]:
-    """A single (x, y) pair as a one-batch list, or the iterable of batches itself."""
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-    ):
-        return [tuple(data)]
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise InputError("data must be an (x, y) pair of Tensors or an iterable of (x, y) batches")
-    return data
+    """A single batch as a one-batch list, or the re-iterable of batches itself."""
+    return check_loader(data)
 
 
 class KFAC(LinearOperator):
     """Block-diagonal KFAC GGN ≈ diag_l(G_l ⊗ A_l) over the Linear/Conv2d layers (module docstring).
 
-    Attributes: ``layers`` (module names), ``factors`` ({name: (A, G)}), ``n_data`` (N),
-    ``param_names``; ``kronecker(name)`` and ``flat_index(name)`` expose one block.
+    Attributes: ``layers`` (factored module names), ``factors`` ({name: (A, G)}),
+    ``diagonals`` ({module: exact GGN diagonal} for parameters outside Linear/Conv2d),
+    ``blocks`` (all block names), ``n_data`` (N), ``loss_sum`` (Σ ℓ_n at θ*),
+    ``param_names``; ``kronecker(name)`` and ``flat_index(name)`` expose one layer.
     ``@``, ``diagonal``, ``to_dense`` act in flat parameter order; ``solve``, ``logdet``,
     ``sample`` and ``sample_transform`` use KFAC + δI with δ = ``prior_precision`` (a scalar
-    or one value per layer) through the eigendecompositions of the factors (cached).
+    or one value per block of ``blocks``) through the eigendecompositions of the factors (cached).
     """
 
     def __init__(
@@ -214,15 +121,32 @@ class KFAC(LinearOperator):
         params, dtype, device = _free_params(self.fmodel)
         n_p = sum(int(t.numel()) for t in params.values())
         super().__init__((n_p, n_p), dtype, device, symmetric=True)
-        self._layers = find_layers(model, self.param_names)
+        self._layers, self._rest = split_layers(model, self.param_names)
         for la in self._layers:
             la.index = la.index.to(device)
         self._by_name = {la.name: la for la in self._layers}
-        self.n_data = 0
+        self._diag_index = self._diagonal_blocks(params)
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        self.blocks: list[str] = sorted([*self._by_name, *self._diag_index], key=order.__getitem__)
+        self.n_data = self.n_outputs = 0
+        self.loss_sum = 0.0
         self._eig: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self.diagonals: dict[str, Tensor] = {}
         self.factors: dict[str, tuple[Tensor, Tensor]] = (
             {} if data is _NO_DATA else self._compute(_as_data(data))
         )
+
+    def _diagonal_blocks(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """{owning module: flat positions} of the parameters outside Linear/Conv2d layers."""
+        index: dict[str, list[Tensor]] = {}
+        start = 0
+        rest = set(self._rest)
+        for name, t in params.items():
+            if name in rest:
+                positions = torch.arange(start, start + t.numel(), device=self.device)
+                index.setdefault(owner_of(name), []).append(positions)
+            start += t.numel()
+        return {k: torch.cat(v) for k, v in index.items()}
 
     @classmethod
     def from_factors(
@@ -234,9 +158,21 @@ class KFAC(LinearOperator):
         reduction: str = "mean",
         param_names: str | Sequence[str] | None = None,
         conv_approx: str = "expand",
+        diagonals: dict[str, Tensor] | None = None,
     ) -> KFAC:
-        """A KFAC with given factors {layer: (A, G)} (e.g. restored from a state dict), no data pass."""
+        """A KFAC with given factors {layer: (A, G)} and diagonal blocks (a state dict), no data pass."""
         kfac = cls(model, loss, _NO_DATA, reduction, param_names, conv_approx)
+        diagonals = diagonals or {}
+        if sorted(diagonals) != sorted(kfac._diag_index):
+            raise InputError(
+                f"diagonal blocks are given for {sorted(diagonals)}, the model has diagonal "
+                f"blocks {sorted(kfac._diag_index)}"
+            )
+        for name, index in kfac._diag_index.items():
+            d = diagonals[name]
+            if tuple(d.shape) != (len(index),):
+                raise InputError(f"diagonal block {name!r} must have shape ({len(index)},)")
+            kfac.diagonals[name] = d.to(dtype=kfac.dtype, device=kfac.device).clone()
         if sorted(factors) != sorted(kfac.layers):
             raise InputError(
                 f"factors are given for layers {sorted(factors)}, the model's KFAC layers are "
@@ -256,23 +192,27 @@ class KFAC(LinearOperator):
 
     # ---- factor computation --------------------------------------------------------------
     def _compute(self, data: Iterable[Any]) -> dict[str, tuple[Tensor, Tensor]]:
-        """Accumulate Σ ããᵀ, its count and Σ ggᵀ over all batches; return {name: (A, G)}."""
+        """One pass: Σ ããᵀ, its count, Σ ggᵀ, the diagonal blocks and Σ ℓ; return {name: (A, G)}."""
         kw = {"dtype": self.dtype, "device": self.device}
         a_sum = {la.name: torch.zeros(la.d, la.d, **kw) for la in self._layers}
         g_sum = {la.name: torch.zeros(la.n_out, la.n_out, **kw) for la in self._layers}
+        d_sum = {k: torch.zeros(len(v), **kw) for k, v in self._diag_index.items()}
         count = dict.fromkeys(a_sum, 0)
-        n_total = 0
-        for batch in data:
-            x, y = _check_batch(batch)
-            x, y = x.to(self.device), y.to(self.device)
-            counts = self._batch(x, y, a_sum, g_sum)
-            for k, c in counts.items():
-                count[k] += c
-            n_total += int(x.shape[0])
+        n_total, loss_sum = 0, 0.0
+        self.n_outputs = 0
+        for x, y in iter_batches(data, self.device, self.dtype):
+            f, y, signals = backprop_batch(self.fmodel, self.loss, self._layers, x, y)
+            loss_sum += float(self.loss.value(f, y).sum())
+            for la in self._layers:
+                count[la.name] += self._accumulate(la, signals[la.name], a_sum, g_sum)
+            if self._rest:
+                self._accumulate_diagonal(x, self.loss.hessian_sqrt(f, y), d_sum)
+            n_total, self.n_outputs = n_total + int(f.shape[0]), int(f.shape[1])
         if n_total == 0:
             raise InputError("data holds no example")
-        self.n_data = n_total
+        self.n_data, self.loss_sum = n_total, loss_sum
         scale_g = 1.0 / n_total if self.reduction == "mean" else 1.0
+        self.diagonals = {k: v * scale_g for k, v in d_sum.items()}
         out = {}
         for name in a_sum:
             A = a_sum[name] / count[name]
@@ -280,62 +220,32 @@ class KFAC(LinearOperator):
             out[name] = (0.5 * (A + A.mT), 0.5 * (G + G.mT))
         return out
 
-    def _batch(
-        self, x: Tensor, y: Tensor, a_sum: dict[str, Tensor], g_sum: dict[str, Tensor]
-    ) -> dict[str, int]:
-        """One forward (hooks: A and layer outputs) and C backward passes to the layer outputs."""
-        n = int(x.shape[0])
+    def _accumulate(
+        self,
+        layer: FactoredLayer,
+        signals: LayerSignals,
+        a_sum: dict[str, Tensor],
+        g_sum: dict[str, Tensor],
+    ) -> int:
+        """Add one batch's Σ ããᵀ and Σ ggᵀ of a layer; return its number of input rows."""
         reduce = self.conv_approx == "reduce"
-        outs: dict[str, Tensor] = {}
-        counts: dict[str, int] = {}
+        m, rows_a = _input_moment(layer, signals.inputs, reduce)
+        a_sum[layer.name] += m
+        g = signals.grads  # (C, N, T, out)
+        rows = g.sum(2) if reduce else g
+        rows = rows.reshape(-1, g.shape[-1])
+        g_sum[layer.name] += rows.mT @ rows
+        return rows_a
 
-        def make_hook(layer: FactoredLayer) -> Callable[..., Tensor]:
-            def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-                if layer.name in outs:
-                    raise InputError(
-                        f"layer {layer.name!r} is called more than once per forward pass; "
-                        "KFAC needs each Linear/Conv2d layer to be used once"
-                    )
-                a = _locations(layer, inputs[0].detach(), n)
-                m, counts[layer.name] = _input_moment(layer, a, reduce)
-                a_sum[layer.name] += m
-                z = output if output.requires_grad else output.detach().requires_grad_(True)
-                outs[layer.name] = z
-                return z.clone()  # downstream in-place ops must not rebase z's history
-
-            return hook
-
-        handles = [la.module.register_forward_hook(make_hook(la)) for la in self._layers]
-        try:
-            with torch.enable_grad():
-                f = self.fmodel(self.fmodel.params(), x)
-        finally:
-            for h in handles:
-                h.remove()
-        missing = [la.name for la in self._layers if la.name not in outs]
-        if missing:
-            raise InputError(
-                f"layer(s) {missing} were not called as modules in the forward pass "
-                "(KFAC reads their inputs with forward hooks)"
-            )
-        if f.ndim != 2 or f.shape[0] != n:
-            raise InputError(
-                f"the model must map a batch to outputs of shape (N, O), got {tuple(f.shape)}"
-            )
-        y = self.loss.prepare_target(y, n, int(f.shape[1]), self.dtype)
-        s = self.loss.hessian_sqrt(f.detach(), y)  # (N, O, C)
-        names = list(outs)
-        for c in range(s.shape[-1] if f.requires_grad else 0):
-            grads = torch.autograd.grad(
-                f, [outs[k] for k in names], s[..., c], retain_graph=True, allow_unused=True
-            )
-            for k, g in zip(names, grads, strict=True):
-                if g is None:
-                    continue
-                g = _out_locations(self._by_name[k], g)
-                rows = g.sum(1) if reduce else g.reshape(-1, g.shape[-1])
-                g_sum[k] += rows.mT @ rows
-        return counts
+    def _accumulate_diagonal(self, x: Any, s: Tensor, d_sum: dict[str, Tensor]) -> None:
+        """Add Σ_n Σ_c (J_nᵀ s_nc)² of the parameters outside Linear/Conv2d layers."""
+        acc = torch.zeros(sum(len(v) for v in d_sum.values()), dtype=self.dtype, device=self.device)
+        for cols in per_example_columns(self.fmodel.module, self._rest, x, s):
+            acc += cols.square().sum((0, 1))
+        # the columns follow the flat parameter order, as do the blocks' positions
+        flat = torch.cat(list(self._diag_index.values())).sort().values
+        for name, index in self._diag_index.items():
+            d_sum[name] += acc[torch.searchsorted(flat, index)]
 
     # ---- structure -----------------------------------------------------------------------
     @property
@@ -360,34 +270,43 @@ class KFAC(LinearOperator):
 
     def __repr__(self) -> str:
         return (
-            f"KFAC(layers={self.layers}, n_data={self.n_data}, reduction={self.reduction!r}, "
+            f"KFAC(layers={self.layers}, diagonal_blocks={list(self._diag_index)}, n_data={self.n_data}, reduction={self.reduction!r}, "
             f"conv_approx={self.conv_approx!r}, P={self.shape[0]}, dtype={self.dtype})"
         )
 
     # ---- products and dense views ------------------------------------------------------------
-    def _blockwise(self, v: Tensor, fn: Callable[[FactoredLayer, Tensor], Tensor]) -> Tensor:
-        """Apply fn to every layer's W̃ blocks (k, out, d) of the columns of v (P, k); scatter back."""
+    def _blockwise(
+        self,
+        v: Tensor,
+        fn: Callable[[FactoredLayer, Tensor], Tensor],
+        diag_fn: Callable[[str, Tensor], Tensor],
+    ) -> Tensor:
+        """fn on every layer's W̃ blocks (k, out, d) of v (P, k), diag_fn on every diagonal block's rows."""
         k = v.shape[1]
         out = torch.zeros_like(v)
         for la in self._layers:
             w = v[la.index].T.reshape(k, la.n_out, la.d)
             out[la.index] = fn(la, w).reshape(k, -1).T
+        for name, index in self._diag_index.items():
+            out[index] = diag_fn(name, v[index])
         return out
 
     def _matmat(self, v: Tensor) -> Tensor:
-        """Blockwise W̃ ↦ G W̃ A (A symmetric) on the columns of v (P, k)."""
+        """Blockwise W̃ ↦ G W̃ A (A symmetric), and h ⊙ v on the diagonal blocks."""
 
         def one(la: FactoredLayer, w: Tensor) -> Tensor:
             A, G = self.factors[la.name]
             return G @ w @ A
 
-        return self._blockwise(v, one)
+        return self._blockwise(v, one, lambda name, rows: self.diagonals[name][:, None] * rows)
 
     def diagonal(self) -> Tensor:
-        """diag(KFAC) = diag G ⊗ diag A per layer, in flat order."""
+        """diag(KFAC) = diag G ⊗ diag A per layer, and the diagonal blocks, in flat order."""
         out = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
         for la in self._layers:
             out[self.flat_index(la.name)] = self.kronecker(la.name).diag()
+        for name, index in self._diag_index.items():
+            out[index] = self.diagonals[name]
         return out
 
     def to_dense(self) -> Tensor:
@@ -396,6 +315,8 @@ class KFAC(LinearOperator):
         for la in self._layers:
             idx = self.flat_index(la.name)
             out[idx[:, None], idx[None, :]] = self.kronecker(la.name).to_dense()
+        for name, index in self._diag_index.items():
+            out[index, index] = self.diagonals[name]
         return out
 
     # ---- damped inverse via eigendecompositions ----------------------------------------
@@ -409,8 +330,8 @@ class KFAC(LinearOperator):
         return self._eig[name]
 
     def _deltas(self, prior_precision: float | Tensor) -> list[Tensor]:
-        """Per-layer damping δ_l > 0 from a scalar or a tensor of shape (n_layers,)."""
-        n_layers = len(self._layers)
+        """Per-block damping δ_b > 0 from a scalar or a tensor of shape (n_blocks,) in ``blocks`` order."""
+        n_blocks = len(self.blocks)
         if isinstance(prior_precision, bool) or not isinstance(
             prior_precision, (int, float, Tensor)
         ):
@@ -419,11 +340,11 @@ class KFAC(LinearOperator):
             )
         d = torch.as_tensor(prior_precision, dtype=self.dtype, device=self.device)
         if d.ndim == 0 or d.numel() == 1:
-            d = d.reshape(()).expand(n_layers)
-        elif d.shape != (n_layers,):
+            d = d.reshape(()).expand(n_blocks)
+        elif d.shape != (n_blocks,):
             raise InputError(
-                f"prior_precision must be a scalar or have shape ({n_layers},) (one per layer "
-                f"{self.layers}), got shape {tuple(d.shape)}"
+                f"prior_precision must be a scalar or have shape ({n_blocks},) (one per block "
+                f"{self.blocks}), got shape {tuple(d.shape)}"
             )
         with torch.no_grad():
             if not bool(torch.isfinite(d).all()) or bool((d <= 0).any()):
@@ -431,11 +352,14 @@ class KFAC(LinearOperator):
         return list(d.unbind(0))
 
     def _damped(self, prior_precision: float | Tensor) -> dict[str, Tensor]:
-        """Per layer the eigenvalues M = λ_G λ_Aᵀ + δ of G ⊗ A + δI, shape (out, d)."""
+        """Per block the eigenvalues of the damped block: λ_G λ_Aᵀ + δ (out, d), or h + δ."""
         out = {}
-        for la, delta in zip(self._layers, self._deltas(prior_precision), strict=True):
-            lam_g, _, lam_a, _ = self._eigh(la.name)
-            out[la.name] = lam_g[:, None] * lam_a[None, :] + delta
+        for name, delta in zip(self.blocks, self._deltas(prior_precision), strict=True):
+            if name in self._by_name:
+                lam_g, _, lam_a, _ = self._eigh(name)
+                out[name] = lam_g[:, None] * lam_a[None, :] + delta
+            else:
+                out[name] = self.diagonals[name].clamp_min(0) + delta
         return out
 
     def _checked(self, v: Tensor) -> tuple[Tensor, bool]:
@@ -452,11 +376,11 @@ class KFAC(LinearOperator):
             _, q_g, _, q_a = self._eigh(la.name)
             return q_g @ ((q_g.mT @ w @ q_a) / damped[la.name]) @ q_a.mT
 
-        out = self._blockwise(V, one)
+        out = self._blockwise(V, one, lambda name, rows: rows / damped[name][:, None])
         return out.squeeze(1) if was_vector else out
 
     def logdet(self, prior_precision: float | Tensor) -> Tensor:
-        """log det(KFAC + δI) = Σ_l Σ_{i,j} log(λ_G,i λ_A,j + δ_l) (differentiable in δ)."""
+        """log det(KFAC + δI) = Σ_l Σ_{i,j} log(λ_G,i λ_A,j + δ_l) + Σ_b Σ_i log(h_i + δ_b) (differentiable in δ)."""
         return sum(m.log().sum() for m in self._damped(prior_precision).values())  # type: ignore[return-value]
 
     def sample_transform(self, z: Tensor, prior_precision: float | Tensor) -> Tensor:
@@ -468,7 +392,7 @@ class KFAC(LinearOperator):
             _, q_g, _, q_a = self._eigh(la.name)
             return q_g @ (w * damped[la.name].rsqrt()) @ q_a.mT
 
-        out = self._blockwise(Z, one)
+        out = self._blockwise(Z, one, lambda name, rows: rows * damped[name].rsqrt()[:, None])
         return out.squeeze(1) if was_vector else out
 
     def sample(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from tacitbayes.batches import Inputs, call_model, map_inputs, move_inputs, n_examples
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.errors import InputError
 from tacitbayes.functional import eval_mode, resolve_param_names
@@ -125,7 +126,7 @@ def _sequence_rows(a: Tensor, g: Tensor, w: bool, b: bool) -> Tensor:
 
 def kernel_factors(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     y: Tensor | None = None,
     *,
     outputs: str = "logits",
@@ -144,6 +145,8 @@ def kernel_factors(
     names = resolve_param_names(model, param_names)
     free = set(names)
     live = dict(model.named_parameters())
+    first = live[names[0]]
+    x = move_inputs(x, first.device, first.dtype)
     layers = _layer_plan(model, free)
     inputs: dict[str, Tensor] = {}
     zs: dict[str, Tensor] = {}
@@ -161,7 +164,7 @@ def kernel_factors(
     loss_fn = get_loss(loss)
     try:
         with eval_mode(model), _requires_grad([live[n] for n in names]), torch.enable_grad():
-            out = model(x)
+            out = call_model(model, x)
             if out.ndim != 2:
                 raise InputError(f"the model must map a batch to (N, O) outputs, got {out.shape}")
             n = out.shape[0]
@@ -228,15 +231,16 @@ def kernel_factors(
 
 
 def _explicit_rows(
-    model: nn.Module, x: Tensor, y: Tensor | None, names: list[str], outputs: str, loss: str
+    model: nn.Module, x: Inputs, y: Tensor | None, names: list[str], outputs: str, loss: str
 ) -> Tensor:
     """Per-example Jacobian columns for ``names``, by vmapped reverse mode: (N, O, P_names)."""
     live = dict(model.named_parameters())
     params = {n: live[n].detach() for n in names}
     loss_fn = get_loss(loss)
 
-    def one(p: dict[str, Tensor], xn: Tensor, rn: Tensor | None) -> Tensor:
-        out = functional_call(model, p, (xn.unsqueeze(0),), strict=False)
+    def one(p: dict[str, Tensor], xn: Inputs, rn: Tensor | None) -> Tensor:
+        x1 = map_inputs(lambda t: t.unsqueeze(0), xn)
+        out = call_model(lambda *a, **k: functional_call(model, p, a, k, strict=False), x1)
         if outputs == "loss":
             return (out[0] * rn).sum().reshape(1)
         return out[0]
@@ -244,13 +248,14 @@ def _explicit_rows(
     with eval_mode(model):
         if outputs == "loss":
             with torch.no_grad():
-                out = model(x)
-            target = loss_fn.prepare_target(y.to(x.device), x.shape[0], out.shape[1], out.dtype)
+                out = call_model(model, x)
+            target = loss_fn.prepare_target(y.to(out.device), len(out), out.shape[1], out.dtype)
             r = loss_fn.output_gradient(out, target)
             jac = vmap(jacrev(one), in_dims=(None, 0, 0))(params, x, r)
         else:
             jac = vmap(jacrev(lambda p, xn: one(p, xn, None)), in_dims=(None, 0))(params, x)
-    return torch.cat([jac[n].reshape(x.shape[0], jac[n].shape[1], -1) for n in names], -1)
+    n = n_examples(x)
+    return torch.cat([jac[k].reshape(n, jac[k].shape[1], -1) for k in names], -1)
 
 
 def _cross(left: KernelFactors, right: KernelFactors) -> Tensor:

@@ -11,9 +11,11 @@ Conventions:
 * Everything is evaluated in eval mode at the model's current parameters (read through
   detached aliases, so in-place updates of the model are seen by later products); the
   module is never mutated.
-* ``data`` is one ``(x, y)`` pair of Tensors (a tuple, or a 2-list of Tensors) or a
-  re-iterable of such batches (a list, a DataLoader; a one-shot iterator is refused).
-  Batches are moved to the parameters' device; products accumulate over batches.
+* ``data`` is one batch or a re-iterable of batches (a list, a DataLoader; a one-shot
+  iterator is refused), read by :mod:`tacitbayes.batches`: ``(x, y)``, ``(x, y, *extra)``
+  or a mapping (Hugging Face style, target under ``"labels"``). Batches are moved to the
+  parameters' device and floating inputs cast to their dtype; products accumulate over
+  batches.
 * ``op @ v`` takes a vector (P,) or a block (P, k) and returns the same kind.  Blocks are
   processed with ``torch.func.vmap`` over the k columns, ``chunk_size`` columns at a time
   (``None``: all at once), which bounds memory.
@@ -23,20 +25,29 @@ No method builds a P×P matrix or a full (N·O)×P Jacobian except ``to_dense()`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vjp, vmap
 
+from tacitbayes.batches import (
+    Batch,
+    Inputs,
+    check_loader,
+    iter_batches,
+    move_inputs,
+    n_examples,
+    read_batch,
+)
+from tacitbayes.curvature.columns import exact_ggn_diagonal
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
 
 __all__ = ["GGN", "DenseOperator", "Hessian", "Jacobian", "LinearOperator", "ggn_diagonal"]
 
-Batch = tuple[Tensor, Tensor]
 Data = Batch | Iterable[Any]
 
 
@@ -184,38 +195,6 @@ def _free_params(fmodel: FunctionalModel) -> tuple[dict[str, Tensor], torch.dtyp
     return params, dtypes.pop(), devices.pop()
 
 
-def _as_batches(data: Data) -> Iterable[Any]:
-    """A re-iterable of batches from a single (x, y) pair or an iterable of pairs."""
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-    ):
-        return [tuple(data)]
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise InputError("data must be an (x, y) pair of Tensors or an iterable of (x, y) batches")
-    if iter(data) is data:
-        raise InputError(
-            "data is a one-shot iterator; pass something that can be iterated more than once "
-            "(a list of (x, y) batches or a DataLoader)"
-        )
-    return data
-
-
-def _check_batch(batch: Any) -> Batch:
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        raise InputError(f"each batch must be an (x, y) pair, got {type(batch).__name__}")
-    x, y = batch
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise InputError("each batch must be an (x, y) pair of Tensors")
-    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise InputError(
-            f"inputs of shape {tuple(x.shape)} and targets of shape {tuple(y.shape)} do not "
-            "have the same number of examples"
-        )
-    return x, y
-
-
 def _maybe_vmap(fn: Callable, batched: bool, chunk_size: int | None) -> Callable:
     return vmap(fn, chunk_size=chunk_size) if batched else fn
 
@@ -235,19 +214,19 @@ class Jacobian(LinearOperator):
     def __init__(
         self,
         model: nn.Module,
-        x: Tensor,
+        x: Inputs,
         param_names: str | Sequence[str] | None = None,
         chunk_size: int | None = None,
     ) -> None:
         self.fmodel = FunctionalModel(model, param_names)
         self.params, dtype, device = _free_params(self.fmodel)
-        if not isinstance(x, Tensor) or x.ndim == 0:
-            raise InputError("x must be a Tensor with a leading batch dimension")
-        self.x = x.to(device)
+        if not isinstance(x, (Tensor, dict)) or n_examples(x) < 1:
+            raise InputError("x must be a Tensor (or keyword inputs) with a batch dimension")
+        self.x = move_inputs(x, device, dtype)
         self.chunk_size = _check_chunk(chunk_size)
         with torch.no_grad():
             out = self.fmodel(self.params, self.x)
-        if out.ndim == 0 or out.shape[0] != self.x.shape[0]:
+        if out.ndim == 0 or out.shape[0] != n_examples(self.x):
             raise InputError(f"model output of shape {tuple(out.shape)} has no batch dimension")
         self.n_data, self.n_outputs = int(out.shape[0]), int(out[0].numel())
         n_p = sum(t.numel() for t in self.params.values())
@@ -298,14 +277,14 @@ class _LossCurvature(LinearOperator):
         self.chunk_size = _check_chunk(chunk_size)
         self.fmodel = FunctionalModel(model, param_names)
         self.params, dtype, device = _free_params(self.fmodel)
-        self.data = _as_batches(data)
+        self.data = check_loader(data)
         first = next(iter(self.data), None)
         if first is None:
             raise InputError("data holds no batch")
-        x = _check_batch(first)[0].to(device)
+        x = read_batch(first).inputs
         with torch.no_grad():
             out = self.fmodel(self.params, x)
-        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+        if out.ndim != 2 or out.shape[0] != n_examples(x):
             raise InputError(
                 f"the model must map a batch to outputs of shape (N, O), got {tuple(out.shape)}"
             )
@@ -316,32 +295,30 @@ class _LossCurvature(LinearOperator):
 
     def batches(self) -> Iterator[Batch]:
         """Validated (x, y) batches on the operator's device, targets prepared for the loss."""
-        for batch in self.data:
-            x, y = _check_batch(batch)
-            x, y = x.to(self.device), y.to(self.device)
-            yield x, self.loss.prepare_target(y, x.shape[0], self.n_outputs, self.dtype)
+        for x, y in iter_batches(self.data, self.device, self.dtype):
+            yield Batch(x, self.loss.prepare_target(y, n_examples(x), self.n_outputs, self.dtype))
 
     @property
     def n_data(self) -> int:
         """Total number of examples N in ``data``."""
         if self._n_data is None:
-            self._n_data = sum(int(_check_batch(b)[0].shape[0]) for b in self.data)
+            self._n_data = sum(n_examples(read_batch(b).inputs) for b in self.data)
         return self._n_data
 
-    def _accumulate(self, per_batch: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    def _accumulate(self, per_batch: Callable[[Inputs, Tensor], Tensor]) -> Tensor:
         """scale · Σ_batches per_batch(x, y), with scale = 1/N ("mean") or 1 ("sum")."""
         total: Tensor | None = None
         count = 0
         for x, y in self.batches():
             part = per_batch(x, y)
             total = part if total is None else total.add_(part)
-            count += int(x.shape[0])
+            count += n_examples(x)
         if total is None or count == 0:
             raise InputError("data holds no example")
         self._n_data = count
         return total / count if self.reduction == "mean" else total
 
-    def _batch_loss(self, x: Tensor, y: Tensor) -> Callable[[dict[str, Tensor]], Tensor]:
+    def _batch_loss(self, x: Inputs, y: Tensor) -> Callable[[dict[str, Tensor]], Tensor]:
         return lambda p: self.loss.value(self.fmodel(p, x), y).sum()
 
     def loss_value(self) -> Tensor:
@@ -360,7 +337,7 @@ class _LossCurvature(LinearOperator):
         return out.T if batched else out
 
     def _batch_product(
-        self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], batched: bool
+        self, x: Inputs, y: Tensor, tangents: dict[str, Tensor], batched: bool
     ) -> Tensor:
         raise NotImplementedError
 
@@ -375,7 +352,7 @@ class GGN(_LossCurvature):
     """G = Σ_n J_nᵀ Λ_n J_n (times 1/N for "mean"), Λ_n = ∂²ℓ_n/∂f²; products JVP → Λ → VJP."""
 
     def _batch_product(
-        self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], batched: bool
+        self, x: Inputs, y: Tensor, tangents: dict[str, Tensor], batched: bool
     ) -> Tensor:
         def fn(p: dict[str, Tensor]) -> Tensor:
             return self.fmodel(p, x)
@@ -392,28 +369,37 @@ class GGN(_LossCurvature):
         return _flatten_rows(out, hjvs.shape[0]) if batched else flatten(out)
 
     def diagonal(self, chunk_size: int | None = None) -> Tensor:
-        """Exact diag(G) = Σ_n Σ_c (J_nᵀ s_nc)² with Λ_n = S_n S_nᵀ; ``chunk_size`` examples at a time."""
-        _check_chunk(chunk_size)
-        return self._accumulate(lambda x, y: self._batch_diagonal(x, y, chunk_size))
+        """Exact diag(G) = Σ_n Σ_c (J_nᵀ s_nc)² with Λ_n = S_n S_nᵀ (see :mod:`curvature.diagonal`)."""
+        return exact_ggn_diagonal(
+            self.fmodel.module,
+            self.loss,
+            self.data,
+            self.fmodel.param_names,
+            self.reduction,
+            chunk_size=_check_chunk(chunk_size),
+        )
 
-    def _batch_diagonal(self, x: Tensor, y: Tensor, chunk_size: int | None) -> Tensor:
-        params = self.params
 
-        def one(xn: Tensor, yn: Tensor) -> dict[str, Tensor]:
-            f1, vjp_fn = vjp(lambda p: self.fmodel(p, xn.unsqueeze(0)), params)
-            s = self.loss.hessian_sqrt(f1, yn.unsqueeze(0))  # (1, O, C)
-            cols = vmap(vjp_fn, in_dims=-1)(s)[0]  # (C, *shape) per parameter
-            return {k: g.square().sum(0) for k, g in cols.items()}
+def _tensors_in(obj: Any, depth: int = 3) -> list[Tensor]:
+    """The tensors held in a (nested) list, tuple or mapping, ``depth`` levels deep."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if depth == 0 or not isinstance(obj, (Mapping, tuple, list)):
+        return []
+    items = obj.values() if isinstance(obj, Mapping) else obj
+    return [t for item in items for t in _tensors_in(item, depth - 1)]
 
-        n = int(x.shape[0])
-        if chunk_size is None:  # keep chunk·C·P intermediates under ~2^25 scalars
-            per_example = self.n_outputs * self.shape[0]
-            chunk_size = max(1, min(n, 2**25 // max(per_example, 1)))
-        total = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
-        for start in range(0, n, chunk_size):
-            part = vmap(one)(x[start : start + chunk_size], y[start : start + chunk_size])
-            total += torch.cat([t.sum(0).reshape(-1) for t in part.values()])
-        return total
+
+def _versions(tensors: list[Tensor]) -> list[tuple[Tensor, int]] | None:
+    """(tensor, version counter) pairs; None if a tensor has no counter (inference mode)."""
+    try:
+        return [(t, t._version) for t in tensors]
+    except RuntimeError:
+        return None
+
+
+def _same_state(a: list[tuple[Tensor, int]], b: list[tuple[Tensor, int]]) -> bool:
+    return len(a) == len(b) and all(s is t and u == w for (s, u), (t, w) in zip(a, b, strict=True))
 
 
 class Hessian(_LossCurvature):
@@ -424,6 +410,17 @@ class Hessian(_LossCurvature):
     and shared by all columns of a block.  ``mode="forward-over-reverse"`` uses
     H v = JVP(∇L, v).  Both are exact; the default was faster in CPU timings (≈2.7× vs ≈3.3×
     a gradient for a 784-512-512-10 MLP at batch 256).
+
+    ``cache_graph`` (reverse-over-reverse only): keep the first-order graph of each batch,
+    ``_, vjp_fn = vjp(grad(L_b), θ)``, and answer later products by H v = Σ_b vjp_fn_b(v)
+    alone (one double backward, no forward or first backward: about half the cost, the
+    same exact product).  ``None`` (default) caches when ``data`` is a single batch (or a
+    one-element list); ``True`` caches every batch (memory: the activations of all of
+    ``data``; the data are read once, so a loader that reshuffles or augments is frozen
+    at that pass); ``False`` never caches.  The cache is rebuilt when a parameter or
+    buffer of the model, or a tensor of a list of batches, was replaced or changed in
+    place since (checked through tensor version counters before every product; writes
+    through ``.data`` bypass these counters: call :meth:`clear_cache` after those).
     """
 
     MODES = ("reverse-over-reverse", "forward-over-reverse")
@@ -437,14 +434,73 @@ class Hessian(_LossCurvature):
         reduction: str = "mean",
         chunk_size: int | None = None,
         mode: str = "reverse-over-reverse",
+        cache_graph: bool | None = None,
     ) -> None:
         if mode not in self.MODES:
             raise InputError(f"unknown Hessian mode {mode!r}; choose one of {list(self.MODES)}")
+        if not (cache_graph is None or isinstance(cache_graph, bool)):
+            raise InputError(f"cache_graph must be True, False or None, got {cache_graph!r}")
+        if cache_graph and mode != "reverse-over-reverse":
+            raise InputError("cache_graph=True needs mode='reverse-over-reverse'")
         self.mode = mode
+        self.cache_graph = cache_graph
+        self._graphs: tuple[list[tuple[Tensor, int]], list[Callable]] | None = None
         super().__init__(model, loss, data, param_names, reduction, chunk_size)
 
+    @property
+    def caches_graph(self) -> bool:
+        """Whether products reuse retained first-order graphs (see ``cache_graph``)."""
+        if self.mode != "reverse-over-reverse":
+            return False
+        if self.cache_graph is None:
+            return isinstance(self.data, (list, tuple)) and len(self.data) == 1
+        return self.cache_graph
+
+    def clear_cache(self) -> None:
+        """Free the retained graphs now; the next product rebuilds them."""
+        self._graphs = None
+
+    def _state(self) -> list[tuple[Tensor, int]] | None:
+        """Everything a product reads, with version counters: free, fixed and buffer tensors."""
+        module = self.fmodel.module
+        tensors = [*self.params.values(), *module.parameters(), *module.buffers()]
+        if isinstance(self.data, (list, tuple)):
+            tensors += _tensors_in(self.data)
+        return _versions(tensors)
+
+    def _retain_graphs(self) -> list[Callable]:
+        """One reusable ``vjp_fn`` of ∇(scale · L_b) per batch, the 1/N of "mean" folded in."""
+        batches = list(self.batches())
+        count = sum(int(y.shape[0]) for _, y in batches)
+        if count == 0:
+            raise InputError("data holds no example")
+        self._n_data = count
+        scale = 1.0 / count if self.reduction == "mean" else 1.0
+        graphs = []
+        for x, y in batches:
+            loss = self._batch_loss(x, y)
+            graphs.append(vjp(grad(lambda p, loss=loss: loss(p) * scale), self.params)[1])
+        return graphs
+
+    def _product(self, v: Tensor, batched: bool) -> Tensor:
+        state = self._state() if self.caches_graph else None
+        if state is None:
+            self._graphs = None
+            return super()._product(v, batched)
+        if self._graphs is None or not _same_state(self._graphs[0], state):
+            self._graphs = None  # free the stale graphs before building new ones
+            self._graphs = (state, self._retain_graphs())
+        tangents = unflatten(v.T if batched else v, self.params)
+        total: Tensor | None = None
+        for vjp_fn in self._graphs[1]:
+            out = _maybe_vmap(vjp_fn, batched, self.chunk_size)(tangents)[0]
+            part = _flatten_rows(out, v.shape[1]) if batched else flatten(out)
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        return total.T if batched else total
+
     def _batch_product(
-        self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], batched: bool
+        self, x: Inputs, y: Tensor, tangents: dict[str, Tensor], batched: bool
     ) -> Tensor:
         g = grad(self._batch_loss(x, y))
         if self.mode == "reverse-over-reverse":
@@ -466,5 +522,7 @@ def ggn_diagonal(
     reduction: str = "mean",
     chunk_size: int | None = None,
 ) -> Tensor:
-    """Exact diag of the GGN, Σ_n Σ_c (J_nᵀ s_nc)² (×1/N for "mean"); memory ∝ chunk_size·C·P."""
-    return GGN(model, loss, data, param_names, reduction).diagonal(chunk_size)
+    """Exact diag of the GGN, Σ_n Σ_c (J_nᵀ s_nc)² (×1/N for "mean"), ``chunk_size`` examples at a time."""
+    return exact_ggn_diagonal(
+        model, loss, data, param_names, reduction, chunk_size=_check_chunk(chunk_size)
+    )

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tacitbayes.batches import read_batch
 from tacitbayes.curvature import Hessian, LinearOperator, top_eigenvalues
 from tacitbayes.errors import InputError
 
@@ -110,10 +111,11 @@ class SharpnessTracker:
         correct = count = 0
         classes = True
         with torch.no_grad():
-            for (x, y), (_, raw) in zip(self.op.batches(), _raw_batches(self.op.data), strict=True):
+            raw_batches = (read_batch(b) for b in self.op.data)
+            for (x, y), (_, raw) in zip(self.op.batches(), raw_batches, strict=True):
                 f = self.op.fmodel(self.op.params, x)
                 total += float(self.op.loss.value(f, y).sum())
-                count += int(x.shape[0])
+                count += int(f.shape[0])
                 if raw.is_floating_point() or raw.ndim != 1:
                     classes = False
                 else:
@@ -164,14 +166,3 @@ class SharpnessTracker:
         if self.history and key not in self.history[0]:
             raise InputError(f"no recorded quantity {key!r}; have {sorted(self.history[0])}")
         return [r["step"] for r in self.history], [r[key] for r in self.history]
-
-
-def _raw_batches(data: Any) -> list[tuple[Tensor, Tensor]]:
-    """The (x, y) batches of ``data`` as given (targets not yet prepared)."""
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-    ):
-        return [tuple(data)]  # type: ignore[list-item]
-    return [tuple(b) for b in data]  # type: ignore[misc]

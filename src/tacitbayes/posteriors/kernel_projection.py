@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tacitbayes.batches import map_inputs
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
 from tacitbayes.errors import InputError
@@ -49,13 +50,13 @@ def iter_factors(jac: DataJacobian, indices: Tensor | None = None) -> Iterator[K
     """Kernel factors batch by batch, streamed (or of the examples at sorted ``indices`` only)."""
     start = 0
     for x, y in jac.iter_batches():
-        n = x.shape[0]
+        n = len(y)
         if indices is not None:
             local = indices[(indices >= start) & (indices < start + n)] - start
             start += n
             if len(local) == 0:
                 continue
-            x, y = x[local], y[local]
+            x, y = map_inputs(lambda t, rows=local: t[rows], x), y[local]
         yield kernel_factors(
             jac.fmodel.module,
             x,

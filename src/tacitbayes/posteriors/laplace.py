@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.curvature import get_loss
-from tacitbayes.curvature.operators import _check_batch
+from tacitbayes.batches import Inputs, check_loader, n_examples
 from tacitbayes.errors import InputError
-from tacitbayes.functional import FunctionalModel, eval_mode, flatten, last_layer_names
+from tacitbayes.functional import FunctionalModel, flatten, last_layer_names
 from tacitbayes.posteriors.laplace_curvature import BACKENDS, module_groups
 from tacitbayes.posteriors.predictive import average_probabilities, sample_logits
 
@@ -153,44 +152,23 @@ class Laplace:
 
     # ---- fitting -------------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Any], n_data: int | None = None) -> Laplace:
-        """Compute L(θ*) and the curvature on ``train_loader`` (re-iterable (x, y) batches).
+        """Compute L(θ*) and the curvature in ONE pass over ``train_loader`` (see :mod:`tacitbayes.batches`).
 
         ``n_data``: the loader is a subset of a training set of ``n_data`` examples; the
         loss and the curvature are scaled by n_data / (examples seen).
         """
-        if isinstance(train_loader, Tensor) or not isinstance(train_loader, Iterable):
-            raise InputError("train_loader must be an iterable of (x, y) batches")
-        if iter(train_loader) is train_loader:
-            raise InputError("train_loader is a one-shot iterator; pass a list or a DataLoader")
-        loss_sum, n_seen, n_out = self._training_loss(train_loader)
-        ratio = 1.0 if n_data is None else _positive_int("n_data", n_data) / n_seen
-        scale = ratio / self.sigma_noise**2
+        loader = check_loader(train_loader, "train_loader")
         backend = BACKENDS[self.structure]
-        self._curv = backend.fit(self.model, self.loss, train_loader, self.param_names, scale)
+        curv = backend.fit(self.model, self.loss, loader, self.param_names)
+        n_seen = curv.n_data
+        ratio = 1.0 if n_data is None else _positive_int("n_data", n_data) / n_seen
+        curv.scale = ratio / self.sigma_noise**2
+        self._curv = curv
         self.mean = flatten(self._fmodel.params()).clone()
         self.n_data = n_seen if n_data is None else int(n_data)
-        self.n_outputs = n_out
-        self.loss_sum = loss_sum * ratio
+        self.n_outputs = curv.n_outputs
+        self.loss_sum = torch.tensor(curv.loss_sum * ratio, dtype=self.dtype, device=self.device)
         return self
-
-    @torch.no_grad()
-    def _training_loss(self, loader: Iterable[Any]) -> tuple[Tensor, int, int]:
-        """L(θ*) = Σ_n ℓ(f(θ*, x_n), y_n), the number of examples N and of outputs O."""
-        loss = get_loss(self.loss)
-        total = torch.zeros((), dtype=self.dtype, device=self.device)
-        n, n_out = 0, 0
-        with eval_mode(self.model):
-            for batch in loader:
-                x, y = _check_batch(batch)
-                f = self.model(x.to(self.device))
-                if f.ndim != 2:
-                    raise InputError(f"the model must output (N, O), got {tuple(f.shape)}")
-                y = loss.prepare_target(y.to(self.device), f.shape[0], f.shape[1], f.dtype)
-                total += loss.value(f, y).sum().to(self.dtype)
-                n, n_out = n + int(x.shape[0]), int(f.shape[1])
-        if n == 0:
-            raise InputError("train_loader holds no example")
-        return total, n, n_out
 
     # ---- evidence ------------------------------------------------------------------------
     def log_likelihood(self) -> Tensor:
@@ -291,7 +269,7 @@ class Laplace:
 
     def predict(
         self,
-        x: Tensor,
+        x: Inputs,
         n_samples: int = 32,
         linearized: bool = True,
         generator: torch.Generator | None = None,
@@ -303,8 +281,8 @@ class Laplace:
         the sample variance of f_s plus σ². Samples are processed ``chunk_size`` at a time.
         """
         self._require_fit()
-        if not isinstance(x, Tensor) or x.ndim == 0:
-            raise InputError("x must be a Tensor with a leading batch dimension")
+        if not isinstance(x, (Tensor, dict)) or n_examples(x) < 1:
+            raise InputError("x must be a Tensor (or keyword inputs) with a batch dimension")
         self._check_mean()
         deltas = self.sample_deltas(n_samples, generator)
         logits = sample_logits(

@@ -9,17 +9,23 @@ covers P parameters in the flat order of :func:`tacitbayes.functional.flatten` o
 * ``logdet(delta)`` = log det(sH + diag δ), differentiable in ``delta`` (shape (n_groups,));
 * ``sample_transform(z, delta)``: standard-normal columns z (P, k) ↦ N(0, (sH + diag δ)⁻¹);
 * ``variance(delta)`` = diag (sH + diag δ)⁻¹;
-* ``state()`` and ``from_state(...)`` to store and restore the curvature exactly.
+* ``state()`` and ``from_state(...)`` to store and restore the curvature exactly;
+* ``fit(model, loss, data, param_names)``: the curvature at scale 1 in ONE pass over the
+  data, with ``n_data``, ``n_outputs`` and ``loss_sum`` (Σ_n ℓ_n at θ*) read on the way;
+  the caller sets ``scale`` afterwards.
 
 Backends:
 
-* :class:`DiagonalCurvature`: H ≈ diag(GGN), exact (``curvature.ggn_diagonal``); groups are
-  the modules that own the parameters (:func:`module_groups`).
-* :class:`KroneckerCurvature`: H ≈ KFAC = diag_l(G_l ⊗ A_l); groups are the same modules
-  (the KFAC layers, reordered to :func:`module_groups` order).
+* :class:`DiagonalCurvature`: H ≈ diag(GGN), exact (``curvature.columns``: layer formulas
+  for Linear/Conv2d, per-example columns for the rest); groups are the modules that own
+  the parameters (:func:`module_groups`).
+* :class:`KroneckerCurvature`: H ≈ KFAC = diag_l(G_l ⊗ A_l) for Linear/Conv2d layers and
+  exact diagonal blocks for every other module (norms, embeddings); groups are the same
+  modules (the KFAC blocks, reordered to :func:`module_groups` order).
   Uses sH + δ = s(H + δ/s): logdet = P log s + logdet_KFAC(δ/s), samples = T_KFAC(z, δ/s)/√s.
 * :class:`DenseCurvature`: H = the GGN block of the covered parameters as a dense P×P matrix
-  (last-layer Laplace; 5,130 parameters for 512→10 take 105 MB in float32); one group.
+  from per-example columns (last-layer Laplace; 5,130 parameters for 512→10 take 105 MB in
+  float32); one group.
   logdet from the eigenvalues of H (eigvalsh once: closed form for every δ); solves and
   samples from the Cholesky factor of sH + δI (cached for the last δ).
 """
@@ -33,7 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.curvature import GGN, KFAC, ggn_diagonal
+from tacitbayes.curvature import KFAC
+from tacitbayes.curvature.columns import dense_ggn_pass, diagonal_ggn_pass
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 
@@ -68,7 +75,29 @@ def _check_scale(scale: float) -> float:
     return scale
 
 
-class DiagonalCurvature:
+class _Scaled:
+    """The curvature scale s of sH + diag δ and the statistics of the fitting pass."""
+
+    _scale = 1.0
+    n_data = 0
+    n_outputs = 0
+    loss_sum = 0.0
+
+    @property
+    def scale(self) -> float:
+        """s > 0."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = _check_scale(value)
+        self._chol = None  # a cached factor of sH + δI no longer holds
+
+    def _record(self, n_data: int, n_outputs: int, loss_sum: float) -> None:
+        self.n_data, self.n_outputs, self.loss_sum = n_data, n_outputs, loss_sum
+
+
+class DiagonalCurvature(_Scaled):
     """sH + diag δ with H = diag(GGN): logdet Σ log(s h_i + δ_g(i)), samples z/√(s h + δ)."""
 
     kind = "diag"
@@ -80,22 +109,18 @@ class DiagonalCurvature:
                 "parameters"
             )
         self.diagonal = diagonal.clamp_min(0)
-        self.scale = _check_scale(scale)
+        self.scale = scale
         self.groups, self.group_index = groups, group_index.to(diagonal.device)
 
     @classmethod
     def fit(
-        cls,
-        model: nn.Module,
-        loss: str,
-        data: Iterable[Any],
-        param_names: Sequence[str],
-        scale: float,
-        chunk_size: int | None = None,
+        cls, model: nn.Module, loss: str, data: Iterable[Any], param_names: Sequence[str]
     ) -> DiagonalCurvature:
-        """Exact GGN diagonal of the sum loss (one backward pass per example and output)."""
-        h = ggn_diagonal(model, loss, data, param_names, reduction="sum", chunk_size=chunk_size)
-        return cls(h, scale, *module_groups(model, param_names))
+        """Exact GGN diagonal of the sum loss, scale 1 (one forward, C batched backward passes per batch)."""
+        result = diagonal_ggn_pass(model, loss, data, param_names)
+        out = cls(result.curvature, 1.0, *module_groups(model, param_names))
+        out._record(result.n_data, result.n_outputs, result.loss_sum)
+        return out
 
     def _precision(self, delta: Tensor) -> Tensor:
         return self.scale * self.diagonal + delta[self.group_index]
@@ -124,19 +149,19 @@ class DiagonalCurvature:
         return cls(state["diagonal"].clone(), state["scale"], *module_groups(model, param_names))
 
 
-class KroneckerCurvature:
+class KroneckerCurvature(_Scaled):
     """sH + diag δ with H = KFAC block diagonal G_l ⊗ A_l; solves via the KFAC object."""
 
     kind = "kron"
 
     def __init__(self, kfac: KFAC, scale: float) -> None:
         self.kfac = kfac
-        self.scale = _check_scale(scale)
+        self.scale = scale
         self.groups, self.group_index = module_groups(kfac.fmodel.module, kfac.param_names)
-        if sorted(self.groups) != sorted(kfac.layers):
-            raise InputError(f"KFAC layers {kfac.layers} differ from the modules {self.groups}")
-        # δ arrives in module_groups order; KFAC wants its own layer order
-        self._perm = torch.tensor([self.groups.index(n) for n in kfac.layers], dtype=torch.long)
+        if sorted(self.groups) != sorted(kfac.blocks):
+            raise InputError(f"KFAC blocks {kfac.blocks} differ from the modules {self.groups}")
+        # δ arrives in module_groups order; KFAC wants its own block order
+        self._perm = torch.tensor([self.groups.index(n) for n in kfac.blocks], dtype=torch.long)
         self._eig: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     @classmethod
@@ -146,12 +171,13 @@ class KroneckerCurvature:
         loss: str,
         data: Iterable[Any],
         param_names: Sequence[str],
-        scale: float,
         conv_approx: str = "expand",
     ) -> KroneckerCurvature:
-        """KFAC of the sum loss (one forward and O backward passes per batch)."""
+        """KFAC of the sum loss, scale 1 (one forward and C batched backward passes per batch)."""
         kfac = KFAC(model, loss, data, "sum", param_names, conv_approx)
-        return cls(kfac, scale)
+        out = cls(kfac, 1.0)
+        out._record(kfac.n_data, kfac.n_outputs, kfac.loss_sum)
+        return out
 
     def logdet(self, delta: Tensor) -> Tensor:
         """P log s + log det(KFAC + δ/s)."""
@@ -167,6 +193,10 @@ class KroneckerCurvature:
         """Per layer diag = (Q_G∘Q_G) M⁻¹ (Q_A∘Q_A)ᵀ / s with M = λ_G λ_Aᵀ + δ/s."""
         out = torch.empty(self.kfac.shape[0], dtype=self.kfac.dtype, device=self.kfac.device)
         for name, d in zip(self.groups, (delta / self.scale).unbind(0), strict=True):  # same order
+            if name in self.kfac.diagonals:
+                h = self.kfac.diagonals[name].clamp_min(0)
+                out[self.kfac._diag_index[name]] = (h + d).reciprocal() / self.scale
+                continue
             if name not in self._eig:
                 A, G = self.kfac.factors[name]
                 lam_g, q_g = torch.linalg.eigh(G)
@@ -183,6 +213,7 @@ class KroneckerCurvature:
         """The KFAC factors {layer: (A, G)}, N, the conv approximation and the scale."""
         return {
             "factors": {k: (A.clone(), G.clone()) for k, (A, G) in self.kfac.factors.items()},
+            "diagonals": {k: d.clone() for k, d in self.kfac.diagonals.items()},
             "n_data": self.kfac.n_data,
             "conv_approx": self.kfac.conv_approx,
             "scale": self.scale,
@@ -194,12 +225,19 @@ class KroneckerCurvature:
     ) -> KroneckerCurvature:
         """Rebuild the KFAC object from stored factors (no data pass)."""
         kfac = KFAC.from_factors(
-            model, loss, state["factors"], state["n_data"], "sum", param_names, state["conv_approx"]
+            model,
+            loss,
+            state["factors"],
+            state["n_data"],
+            "sum",
+            param_names,
+            state["conv_approx"],
+            diagonals=state.get("diagonals"),
         )
         return cls(kfac, state["scale"])
 
 
-class DenseCurvature:
+class DenseCurvature(_Scaled):
     """sH + δI with H dense (P×P): logdet Σ log(sλ_i + δ), samples L⁻ᵀz with LLᵀ = sH + δI."""
 
     kind = "dense"
@@ -208,7 +246,7 @@ class DenseCurvature:
         if hessian.ndim != 2 or hessian.shape[0] != hessian.shape[1]:
             raise InputError(f"dense curvature must be square, got {tuple(hessian.shape)}")
         self.hessian = 0.5 * (hessian + hessian.mT)
-        self.scale = _check_scale(scale)
+        self.scale = scale
         self.groups = ["all"]
         self.group_index = torch.zeros(hessian.shape[0], dtype=torch.long, device=hessian.device)
         self._eigenvalues = eigenvalues
@@ -216,23 +254,19 @@ class DenseCurvature:
 
     @classmethod
     def fit(
-        cls,
-        model: nn.Module,
-        loss: str,
-        data: Iterable[Any],
-        param_names: Sequence[str],
-        scale: float,
-        chunk_size: int | None = 1024,
+        cls, model: nn.Module, loss: str, data: Iterable[Any], param_names: Sequence[str]
     ) -> DenseCurvature:
-        """GGN(...).to_dense() over the covered parameters (P² memory; P ≤ MAX_DENSE_PARAMS)."""
+        """The dense GGN of the covered parameters, scale 1 (P² memory; P ≤ MAX_DENSE_PARAMS)."""
         n_p = FunctionalModel(model, param_names).n_params
         if n_p > MAX_DENSE_PARAMS:
             raise InputError(
                 f"a dense curvature over {n_p:,} parameters needs {n_p * n_p * 8 / 1e9:.1f} GB; "
                 f"use structure='diag' or 'kron', or fewer parameters (≤ {MAX_DENSE_PARAMS:,})"
             )
-        op = GGN(model, loss, data, param_names, reduction="sum", chunk_size=chunk_size)
-        return cls(op.to_dense(), scale)
+        result = dense_ggn_pass(model, loss, data, param_names)
+        out = cls(result.curvature, 1.0)
+        out._record(result.n_data, result.n_outputs, result.loss_sum)
+        return out
 
     @property
     def eigenvalues(self) -> Tensor:

@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-from tacitbayes.curvature.operators import _check_batch
+from tacitbayes.batches import check_loader, n_examples, read_batch
 from tacitbayes.errors import InputError
 
 if TYPE_CHECKING:
@@ -89,8 +89,8 @@ def predictive_nll(
         la.prior_precision = prior_precision
     total, count = 0.0, 0
     try:
-        for batch in loader:
-            x, y = _check_batch(batch)
+        for batch in check_loader(loader, "val_loader"):
+            x, y = read_batch(batch)
             out = la.predict(x, n_samples=n_samples, linearized=linearized)
             y = y.to(la.device)
             if isinstance(out, tuple):
@@ -100,7 +100,7 @@ def predictive_nll(
             else:
                 nll = -out.gather(-1, y.long().unsqueeze(-1)).squeeze(-1).clamp_min(1e-12).log()
             total += float(nll.sum())
-            count += int(x.shape[0])
+            count += n_examples(x)
     finally:
         la.prior_precision = saved
     if count == 0:

@@ -8,11 +8,13 @@ probabilities over samples. Both work in chunks of samples to bound memory.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
+from tacitbayes.batches import Inputs, check_loader, iter_batches, move_inputs
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, unflatten
 
@@ -21,7 +23,7 @@ __all__ = ["average_probabilities", "sample_logits", "validation_nll"]
 
 def sample_logits(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     deltas: Tensor,
     *,
     linearized: bool = True,
@@ -34,8 +36,9 @@ def sample_logits(
     n_p = sum(t.numel() for t in params.values())
     if deltas.ndim != 2 or deltas.shape[1] != n_p:
         raise InputError(f"deltas must have shape (n_samples, {n_p}), got {tuple(deltas.shape)}")
-    deltas = deltas.to(dtype=next(iter(params.values())).dtype)
-    x = x.to(next(iter(params.values())).device)
+    first = next(iter(params.values()))
+    deltas = deltas.to(dtype=first.dtype, device=first.device)
+    x = move_inputs(x, first.device, first.dtype)
     outs = []
     with torch.no_grad():
         if linearized:
@@ -61,7 +64,7 @@ def average_probabilities(logits: Tensor, temperature: float = 1.0) -> Tensor:
 def validation_nll(
     model: nn.Module,
     deltas: Tensor,
-    loader: Iterable[tuple[Tensor, Tensor]],
+    loader: Iterable[Any],
     precisions: Sequence[float],
     *,
     param_names: str | Sequence[str] | None = None,
@@ -75,9 +78,10 @@ def validation_nll(
     count = 0
     fmodel = FunctionalModel(model, param_names)
     params = fmodel.params()
-    device = next(iter(params.values())).device
-    for x, y in loader:
-        x = x.to(device)
+    first = next(iter(params.values()))
+    for x, y in iter_batches(
+        check_loader(loader, "the validation loader"), first.device, first.dtype
+    ):
         with torch.no_grad():
             shifted = sample_logits(
                 model, x, deltas, linearized=True, param_names=param_names, chunk_size=chunk_size

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tacitbayes.batches import Batch, Inputs, cat_inputs, check_loader, read_batch, slice_inputs
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
 from tacitbayes.errors import InputError
@@ -59,42 +60,31 @@ LIKELIHOODS = {"classification": "cross_entropy", "regression": "mse"}
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for the solver's kernel matrices
 
 
-def _xy(batch: Any) -> tuple[Tensor, Tensor]:
-    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-        raise InputError("the loader must yield (x, y) batches")
-    return batch[0], batch[1]
-
-
 class _Pairs:
-    """A re-iterable view of a loader yielding (x, y), re-batched to ``size`` if given."""
+    """A re-iterable view of a loader as (inputs, target) batches, re-batched to ``size`` if given."""
 
     def __init__(self, loader: Iterable[Any], size: int | None = None) -> None:
-        if iter(loader) is loader:  # type: ignore[comparison-overlap]
-            raise InputError(
-                "the loader is a one-shot iterator; pass something that can be iterated "
-                "more than once (a DataLoader or a list of batches)"
-            )
-        self.loader, self.size = loader, size
+        self.loader, self.size = check_loader(loader, "the loader"), size
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        pairs = (_xy(batch) for batch in self.loader)
+    def __iter__(self) -> Iterator[Batch]:
+        pairs = (read_batch(batch) for batch in self.loader)
         if self.size is None:
             yield from pairs
             return
-        xs: list[Tensor] = []
+        xs: list[Inputs] = []
         ys: list[Tensor] = []
         held = 0
         for x, y in pairs:
             xs.append(x)
             ys.append(y)
-            held += len(x)
+            held += len(y)
             while held >= self.size:
-                x_all, y_all = torch.cat(xs), torch.cat(ys)
-                yield x_all[: self.size], y_all[: self.size]
-                xs, ys = [x_all[self.size :]], [y_all[self.size :]]
+                x_all, y_all = cat_inputs(xs), torch.cat(ys)
+                yield Batch(slice_inputs(x_all, 0, self.size), y_all[: self.size])
+                xs, ys = [slice_inputs(x_all, self.size, len(y_all))], [y_all[self.size :]]
                 held -= self.size
         if held:
-            yield torch.cat(xs), torch.cat(ys)
+            yield Batch(cat_inputs(xs), torch.cat(ys))
 
 
 class ProjectedPosterior:
@@ -321,7 +311,7 @@ class ProjectedPosterior:
             raise InputError("call fit(train_loader) first")
         return self._theta + deltas
 
-    def sample_outputs(self, x: Tensor, n_samples: int = 32, linearized: bool = True) -> Tensor:
+    def sample_outputs(self, x: Inputs, n_samples: int = 32, linearized: bool = True) -> Tensor:
         """Network outputs under posterior samples, shape (n_samples, N, O)."""
         deltas = self.projected_noise(n_samples).T / math.sqrt(self.prior_precision)
         return sample_logits(
@@ -334,7 +324,7 @@ class ProjectedPosterior:
         )
 
     def predict(
-        self, x: Tensor, n_samples: int = 32, linearized: bool = True
+        self, x: Inputs, n_samples: int = 32, linearized: bool = True
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Classification: (1/S) Σ_s softmax(f_s(x)), shape (N, C). Regression: (mean, variance)."""
         outputs = self.sample_outputs(x, n_samples, linearized)
@@ -342,7 +332,7 @@ class ProjectedPosterior:
             return average_probabilities(outputs)
         return outputs.mean(0), outputs.var(0, unbiased=False)
 
-    def linearized_covariance(self, x: Tensor) -> Tensor:
+    def linearized_covariance(self, x: Inputs) -> Tensor:
         """Sample-free Cov[J(x)δ] = α⁻¹(K** − K*X K⁺ K_X*) per input: (N, O, O). Needs ``gram``."""
         if self._gram is None or self._factors is None:
             raise InputError(
@@ -350,9 +340,7 @@ class ProjectedPosterior:
                 "use sample_outputs(x).var(0) for the Monte Carlo estimate"
             )
         jac = self._fitted()
-        test = kernel_factors(
-            self.model, x.to(jac.device), outputs="logits", param_names=list(jac.params)
-        )
+        test = kernel_factors(self.model, x, outputs="logits", param_names=list(jac.params))
         n, o = test.n, test.n_outputs
         k_test = ntk_cross([test], [test]).view(n, o, n, o)
         own = k_test[torch.arange(n), :, torch.arange(n), :]  # (N, O, O)

@@ -5,7 +5,10 @@ with S_l ∈ R^{P_l×R} (``covariance="lowrank"``) or S_l = diag(s_l)
 (``covariance="diagonal"``); the other parameters stay deterministic. A forward
 pass draws w_l = μ_l + S_l z_l, z_l ~ N(0, I_R) (one z per layer shared by its weight
 and bias) and evaluates the network through the functional view
-(``torch.func.functional_call``), so the wrapped module is never modified.
+(``torch.func.functional_call``), so the wrapped module's parameters are never modified.
+Sampled forward passes follow the train/eval mode like any PyTorch model: in train mode
+dropout fires and BatchNorm uses batch statistics (updating its running statistics);
+``predict`` always runs in eval mode.
 
 The means μ_l *are* the wrapped module's own parameters; the factors live in
 ``self.factors`` (one tensor per variational parameter; low rank: stored transposed,
@@ -25,9 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
+from tacitbayes.batches import Inputs, call_model, move_inputs, n_examples
 from tacitbayes.errors import InputError
-from tacitbayes.functional import FunctionalModel
+from tacitbayes.functional import FunctionalModel, eval_mode
 from tacitbayes.variational import parametrization as P
 
 __all__ = ["COVARIANCES", "LOSSES", "VariationalModel", "loss_value"]
@@ -111,8 +116,11 @@ class VariationalModel(nn.Module):
     the last such layer; ``[]``: none, a deterministic network with the parametrization).
     ``init=True`` re-initialises every Linear/Conv2d of ``model`` under ``parametrization``
     (see :mod:`tacitbayes.variational.parametrization`); ``init=False`` keeps its weights
-    as the means. Like every functional-view call in tacitbayes, the network is evaluated
-    in eval mode (dropout off, BatchNorm on running statistics).
+    as the means. Mode: in train mode (``vnet.train()``, the nn.Module default) the sampled
+    passes of ``forward``/``expected_loss`` run the wrapped network with its own train
+    flags (dropout fires, BatchNorm normalises by batch statistics and updates its running
+    statistics); in eval mode, and always in ``predict``/``functional``, it runs in eval
+    mode (dropout off, BatchNorm on running statistics), flags restored afterwards.
     """
 
     def __init__(
@@ -238,27 +246,40 @@ class VariationalModel(nn.Module):
 
     # ------------------------------------------------------------------ evaluation
 
-    def functional(self, params: Params, x: Tensor) -> Tensor:
+    def functional(self, params: Params, x: Inputs) -> Tensor:
         """f(params, x) through the functional view (eval mode, the module left untouched)."""
         return self.fmodel(params, x)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """f(μ + S z, x) for one fresh draw z."""
-        return self.fmodel(self.sample_params(generator), x)
+    def forward(self, x: Inputs, generator: torch.Generator | None = None) -> Tensor:
+        """f(μ + S z, x) for one fresh draw z; train mode: the network's own train flags, else eval.
+
+        Samples run one after another (no vmap over samples), so in train mode each draw is
+        its own BatchNorm batch and updates the running statistics once.
+        """
+        params = self.sample_params(generator)
+        if self.training:  # the module's own buffers: BatchNorm running stats updated in place
+            first = next(iter(params.values()))
+            x = move_inputs(x, first.device, first.dtype)
+            return call_model(lambda *a, **k: functional_call(self.model, params, a, k), x)
+        return self.fmodel(params, x)
 
     def expected_loss(
         self,
-        x: Tensor,
+        x: Inputs,
         y: Tensor,
         n_samples: int = 1,
         loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Reparametrized MC estimate (1/K) Σ_k mean_n ℓ(y_n, f(μ + S z_k, x_n)) of E_q[mean loss]; no KL."""
+        """Reparametrized MC estimate (1/K) Σ_k mean_n ℓ(y_n, f(μ + S z_k, x_n)) of E_q[mean loss]; no KL.
+
+        The K passes run in the current mode (see :meth:`forward`): in train mode dropout
+        fires and each pass updates BatchNorm's running statistics.
+        """
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-        if len(x) != len(y):
-            raise InputError(f"x has {len(x)} rows but y has {len(y)}")
+        if n_examples(x) != len(y):
+            raise InputError(f"x has {n_examples(x)} rows but y has {len(y)}")
         total = loss_value(self(x, generator), y, loss)
         for _ in range(n_samples - 1):
             total = total + loss_value(self(x, generator), y, loss)
@@ -267,14 +288,18 @@ class VariationalModel(nn.Module):
     @torch.no_grad()
     def predict(
         self,
-        x: Tensor,
+        x: Inputs,
         n_samples: int = 32,
         temperature: float | None = None,
         *,
         samples: Sequence[Params] | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """(1/K) Σ_k softmax(f(w_k, x)/T): class probabilities of shape (len(x), n_classes)."""
+        """(1/K) Σ_k softmax(f(w_k, x)/T): class probabilities of shape (len(x), n_classes).
+
+        Always in eval mode (dropout off, BatchNorm on running statistics); the train/eval
+        flags of this model and its submodules are restored afterwards.
+        """
         temp = float(self.temperature) if temperature is None else float(temperature)
         if not temp > 0:
             raise InputError(f"temperature must be positive, got {temperature!r}")
@@ -284,7 +309,8 @@ class VariationalModel(nn.Module):
             samples = [self.sample(generator) for _ in range(n_samples)]
         if not samples:
             raise InputError("samples is empty")
-        probs = sum(torch.softmax(self.fmodel(s, x) / temp, dim=-1) for s in samples)
+        with eval_mode(self):
+            probs = sum(torch.softmax(self.fmodel(s, x) / temp, dim=-1) for s in samples)
         return probs / len(samples)  # type: ignore[operator]
 
     # ------------------------------------------------------------------ optimisation

@@ -77,7 +77,7 @@ def make_optimizer(vnet: VariationalModel, config: IBVIConfig) -> torch.optim.Op
 
 @torch.no_grad()
 def mean_accuracy(vnet: VariationalModel, dataset: Dataset, batch_size: int = 1000) -> float:
-    """Accuracy of the mean network f(μ, ·)."""
+    """Accuracy of the mean network f(μ, ·), in eval mode (the functional view)."""
     params = {n: p.detach() for n, p in vnet.model.named_parameters()}
     params = {n: params[n] for n in vnet.fmodel.param_names}
     correct = total = 0
@@ -94,10 +94,32 @@ def train_ibvi(
     *,
     val_set: Dataset | None = None,
 ) -> IBVIResult:
-    """Minimise the MC expected loss (1/N) Σ_n E_q ℓ(y_n, f(w, x_n)) by minibatch steps; no KL."""
+    """Minimise the MC expected loss (1/N) Σ_n E_q ℓ(y_n, f(w, x_n)) by minibatch steps; no KL.
+
+    The steps run with ``vnet`` in train mode (dropout fires, BatchNorm uses batch statistics
+    and updates its running statistics); the validation accuracy is taken in eval mode, and
+    the caller's train/eval flags of ``vnet`` and every submodule are restored at the end.
+    """
     config = config or IBVIConfig()
     config.validate()
     optimizer = make_optimizer(vnet, config)
+    flags = [(m, m.training) for m in vnet.modules()]
+    vnet.train()
+    try:
+        return _train_epochs(vnet, train_set, config, optimizer, val_set)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _train_epochs(
+    vnet: VariationalModel,
+    train_set: Dataset,
+    config: IBVIConfig,
+    optimizer: torch.optim.Optimizer,
+    val_set: Dataset | None,
+) -> IBVIResult:
+    """The epoch loop of :func:`train_ibvi` (``vnet`` already in train mode)."""
     steps_per_epoch = -(-len(train_set) // config.batch_size)  # type: ignore[arg-type]
     total_steps = steps_per_epoch * config.epochs
     result = IBVIResult()

@@ -1,0 +1,199 @@
+"""Per-example GGN columns J_nᵀ s_nc and the exact GGN diagonal and dense block built from them.
+
+G = Σ_n J_nᵀ Λ_n J_n = Σ_n Σ_c (J_nᵀ s_nc)(J_nᵀ s_nc)ᵀ with Λ_n = S_n S_nᵀ.
+
+* Diagonal, at the cost of one KFAC pass: the per-example gradient of f_nᵀ s_nc with
+  respect to a Linear/Conv2d weight is Σ_t g_nct ã_ntᵀ (:func:`layers.backprop_batch`), so
+  the layer's diagonal is Σ_{n,c} (Σ_t g_nct ã_ntᵀ)² entrywise; for T = 1 it is the matrix
+  product (Σ_c g²)ᵀ ã² (BackPACK's DiagGGN formula). Every other parameter (normalization
+  layers, embeddings, parameters of containers) gets its columns J_nᵀ s_nc by ``torch.func``
+  (vmap over examples of a VJP restricted to those parameters), a bounded number of
+  examples at a time.
+* Dense block of a parameter subset (last-layer Laplace): Σ of the columns' outer products.
+
+Each pass reads the loader once and also returns N, O and Σ_n ℓ_n at θ* (:class:`GGNPass`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import vjp, vmap
+
+from tacitbayes.batches import Inputs, check_loader, iter_batches, map_inputs, slice_inputs
+from tacitbayes.curvature.layers import FactoredLayer, LayerSignals, backprop_batch, split_layers
+from tacitbayes.curvature.losses import Loss, get_loss
+from tacitbayes.errors import InputError
+from tacitbayes.functional import FunctionalModel
+
+__all__ = [
+    "GGNPass",
+    "dense_ggn_pass",
+    "diagonal_ggn_pass",
+    "exact_ggn_diagonal",
+    "layer_diagonal",
+    "per_example_columns",
+]
+
+COLUMN_SCALARS = 2**25  # default bound on per-example columns held at once (scalars)
+
+
+def layer_diagonal(layer: FactoredLayer, signals: LayerSignals) -> Tensor:
+    """Σ_{n,c} (Σ_t g_nct ã_ntᵀ)² in the W̃ = [W, b] layout, flattened row-major (out·d,)."""
+    a, g = signals.inputs, signals.grads  # (N, T, f), (C, N, T, out)
+    parts = []
+    if layer.weight:
+        if a.shape[1] == 1:
+            w = g[:, :, 0].square().sum(0).mT @ a[:, 0].square()
+        else:
+            w = a.new_zeros(layer.n_out, a.shape[-1])
+            per = max(1, COLUMN_SCALARS // max(1, g.shape[0] * layer.n_out * a.shape[-1]))
+            for start in range(0, a.shape[0], per):
+                stop = start + per
+                grads = torch.einsum("cnto,nti->cnoi", g[:, start:stop], a[start:stop])
+                w += grads.square().sum((0, 1))
+        parts.append(w)
+    if layer.bias:
+        parts.append(g.sum(2).square().sum((0, 1)).unsqueeze(1))
+    return torch.cat(parts, 1).reshape(-1)
+
+
+def per_example_columns(
+    model: nn.Module,
+    names: Sequence[str],
+    x: Inputs,
+    s: Tensor,
+    max_scalars: int = COLUMN_SCALARS,
+) -> Iterator[Tensor]:
+    """Blocks of J_nᵀ s_nc for the parameters ``names``: (examples, C, P_names), bounded in size.
+
+    ``s`` holds the factor columns (N, O, C) at the current parameters; each block covers
+    as many examples as keep chunk·C·P under ``max_scalars`` (at least one).
+    """
+    fmodel = FunctionalModel(model, names)
+    params = fmodel.params()
+    n_p = sum(t.numel() for t in params.values())
+
+    def one(xn: Inputs, sn: Tensor) -> Tensor:
+        x1 = map_inputs(lambda t: t.unsqueeze(0), xn)
+        _, vjp_fn = vjp(lambda p: fmodel(p, x1), params)
+        cols = vmap(vjp_fn, in_dims=-1)(sn.unsqueeze(0))[0]
+        return torch.cat([c.reshape(c.shape[0], -1) for c in cols.values()], 1)
+
+    n = s.shape[0]
+    chunk = max(1, min(n, max_scalars // max(1, s.shape[-1] * n_p)))
+    for start in range(0, n, chunk):
+        yield vmap(one)(slice_inputs(x, start, start + chunk), s[start : start + chunk])
+
+
+@dataclass
+class GGNPass:
+    """What one pass over the data gives: the curvature, N, O and Σ_n ℓ(f(θ*, x_n), y_n)."""
+
+    curvature: Tensor
+    n_data: int
+    n_outputs: int
+    loss_sum: float
+
+
+def diagonal_ggn_pass(
+    model: nn.Module,
+    loss: str | Loss,
+    data: Any,
+    param_names: str | Sequence[str] | None = None,
+    chunk_size: int | None = None,
+) -> GGNPass:
+    """Σ_n Σ_c (J_nᵀ s_nc)² in flat order (sum over examples), in one pass over ``data``.
+
+    ``chunk_size`` splits each batch into pieces of that many examples (bounds memory).
+    """
+    loss_fn = get_loss(loss)
+    fmodel = FunctionalModel(model, param_names)
+    names = fmodel.param_names
+    layers, rest = split_layers(model, names)
+    live = dict(model.named_parameters())
+    first = live[names[0]]
+    total = torch.zeros(sum(live[n].numel() for n in names), dtype=first.dtype, device=first.device)
+    rest_index = _flat_index(names, rest, live)
+    count, n_out, loss_sum = 0, 0, 0.0
+    for x, y in iter_batches(check_loader(data), first.device, first.dtype):
+        size = len(y) if chunk_size is None else chunk_size
+        for start in range(0, len(y), size):
+            piece = slice_inputs(x, start, start + size)
+            f, target, signals = backprop_batch(
+                fmodel, loss_fn, layers, piece, y[start : start + size], shared="concat"
+            )
+            for la in layers:
+                total[la.index.to(total.device)] += layer_diagonal(la, signals[la.name])
+            if rest:
+                s = loss_fn.hessian_sqrt(f, target)
+                acc = f.new_zeros(len(rest_index))
+                for cols in per_example_columns(model, rest, piece, s):
+                    acc += cols.square().sum((0, 1))
+                total[rest_index.to(total.device)] += acc
+            loss_sum += float(loss_fn.value(f, target).sum())
+            count, n_out = count + int(f.shape[0]), int(f.shape[1])
+    if count == 0:
+        raise InputError("data holds no example")
+    return GGNPass(total, count, n_out, loss_sum)
+
+
+def dense_ggn_pass(
+    model: nn.Module,
+    loss: str | Loss,
+    data: Any,
+    param_names: str | Sequence[str] | None = None,
+) -> GGNPass:
+    """The dense GGN Σ_n Σ_c (J_nᵀ s_nc)(J_nᵀ s_nc)ᵀ of the chosen parameters (P×P), in one pass."""
+    loss_fn = get_loss(loss)
+    fmodel = FunctionalModel(model, param_names)
+    params = fmodel.params()
+    first = next(iter(params.values()))
+    n_p = sum(t.numel() for t in params.values())
+    total = torch.zeros(n_p, n_p, dtype=first.dtype, device=first.device)
+    count, n_out, loss_sum = 0, 0, 0.0
+    for x, y in iter_batches(check_loader(data), first.device, first.dtype):
+        with torch.no_grad():
+            f = fmodel(params, x)
+        if f.ndim != 2:
+            raise InputError(f"the model must map a batch to (N, O) outputs, got {tuple(f.shape)}")
+        target = loss_fn.prepare_target(y, int(f.shape[0]), int(f.shape[1]), f.dtype)
+        s = loss_fn.hessian_sqrt(f, target)
+        for cols in per_example_columns(model, fmodel.param_names, x, s):
+            flat = cols.reshape(-1, n_p)
+            total += flat.mT @ flat
+        loss_sum += float(loss_fn.value(f, target).sum())
+        count, n_out = count + int(f.shape[0]), int(f.shape[1])
+    if count == 0:
+        raise InputError("data holds no example")
+    return GGNPass(0.5 * (total + total.mT), count, n_out, loss_sum)
+
+
+def exact_ggn_diagonal(
+    model: nn.Module,
+    loss: str | Loss,
+    data: Any,
+    param_names: str | Sequence[str] | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """diag(G) = scale · Σ_n Σ_c (J_nᵀ s_nc)² (scale 1/N for "mean"), flat order, one pass."""
+    if reduction not in ("mean", "sum"):
+        raise InputError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    result = diagonal_ggn_pass(model, loss, data, param_names, chunk_size)
+    return result.curvature / result.n_data if reduction == "mean" else result.curvature
+
+
+def _flat_index(names: Sequence[str], chosen: Iterable[str], live: dict[str, Tensor]) -> Tensor:
+    """Flat positions of the parameters ``chosen`` within the flat vector over ``names``."""
+    wanted, parts, start = set(chosen), [], 0
+    for n in names:
+        size = live[n].numel()
+        if n in wanted:
+            parts.append(torch.arange(start, start + size))
+        start += size
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)

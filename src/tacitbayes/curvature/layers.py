@@ -1,0 +1,236 @@
+"""The layers of a network that Kronecker-factored curvature reads, and one backward pass for them.
+
+:func:`split_layers` sorts the selected parameters into nn.Linear / nn.Conv2d layers
+(laid out as W̃ = [W, b], row-major, bias last) and the rest (normalization layers,
+embeddings, parameters owned by a container). :func:`backprop_batch` runs one forward
+pass with hooks and the C backward passes of the loss-Hessian factor S (Λ_n = S_n S_nᵀ),
+batched into one call: for every factored layer it returns the input locations ã_nt and
+the columns g_nct = ∂(f_nᵀ s_nc)/∂z_nt at the layer's output. KFAC and the exact GGN
+diagonal are both built from these signals, at the cost of one such pass per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tacitbayes.batches import Inputs, n_examples
+from tacitbayes.curvature.losses import Loss
+from tacitbayes.errors import InputError
+from tacitbayes.functional import FunctionalModel
+
+__all__ = [
+    "FactoredLayer",
+    "LayerSignals",
+    "backprop_batch",
+    "find_layers",
+    "split_layers",
+]
+
+
+@dataclass
+class FactoredLayer:
+    """One Kronecker-factored layer: module, which parameters are free, flat positions of W̃."""
+
+    name: str
+    module: nn.Linear | nn.Conv2d
+    weight: bool
+    bias: bool
+    index: Tensor  # (out·d,) flat position of row-major vec(W̃)
+    n_out: int
+    d: int
+
+
+def _label(name: str, module: nn.Module) -> str:
+    """A readable name for a module in error messages."""
+    kind = type(module).__name__
+    return f"{name!r} ({kind})" if name else f"the root module ({kind})"
+
+
+def split_layers(
+    model: nn.Module, selected: tuple[str, ...]
+) -> tuple[list[FactoredLayer], list[str]]:
+    """Linear/Conv2d (groups=1) layers owning selected parameters in the W̃ = [W, b] layout, and
+    the names of the selected parameters owned by any other module (norms, embeddings, ...)."""
+    live = dict(model.named_parameters())
+    offset, start = {}, 0
+    for n in selected:
+        offset[n] = start
+        start += live[n].numel()
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    owners: dict[str, list[str]] = {}
+    found: list[tuple[str, nn.Module, dict[str, str]]] = []
+    for mname, module in model.named_modules():
+        own = {
+            pname: canonical[id(p)]
+            for pname, p in module.named_parameters(recurse=False)
+            if canonical[id(p)] in offset
+        }
+        for full in own.values():
+            owners.setdefault(full, []).append(mname)
+        if own:
+            found.append((mname, module, own))
+    shared = {n: m for n, m in owners.items() if len(m) > 1}
+    if shared:
+        raise InputError(f"KFAC cannot handle parameters shared between modules: {shared}")
+    supported = [
+        (m, mod, own)
+        for m, mod, own in found
+        if isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1)
+    ]
+    kept = {id(mod) for _, mod, _ in supported}
+    rest = [n for _, mod, own in found if id(mod) not in kept for n in own.values()]
+    rest = [n for n in selected if n in set(rest)]
+    layers = []
+    for mname, mod, own in supported:
+        w, b = own.get("weight"), own.get("bias")
+        n_out = int(mod.weight.shape[0])
+        n_feat = int(mod.weight[0].numel()) if w is not None else 0
+        d = n_feat + (b is not None)
+        index = torch.empty(n_out, d, dtype=torch.long)
+        if w is not None:
+            index[:, :n_feat] = offset[w] + torch.arange(n_out * n_feat).reshape(n_out, n_feat)
+        if b is not None:
+            index[:, n_feat] = offset[b] + torch.arange(n_out)
+        layers.append(
+            FactoredLayer(mname, mod, w is not None, b is not None, index.reshape(-1), n_out, d)
+        )
+    return layers, rest
+
+
+def _locations(layer: FactoredLayer, a: Tensor, n: int) -> Tensor:
+    """Layer inputs a of shape (N, T, features): unfolded patches (Conv2d) or tokens (Linear)."""
+    mod = layer.module
+    conv = isinstance(mod, nn.Conv2d)
+    if a.ndim < 2 or a.shape[0] != n or (conv and a.ndim != 4):
+        need = "(N, C, H, W)" if conv else "(N, ..., features)"
+        raise InputError(
+            f"layer {layer.name!r} got an input of shape {tuple(a.shape)}; KFAC needs {need} "
+            f"inputs with a leading batch dimension of N = {n} examples"
+        )
+    if isinstance(mod, nn.Conv2d):
+        pad = [int(p) for p in mod._reversed_padding_repeated_twice]
+        if any(pad):
+            mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
+            a = F.pad(a, pad, mode=mode)
+        a = F.unfold(a, mod.kernel_size, dilation=mod.dilation, stride=mod.stride)
+        return a.transpose(1, 2)  # (N, T, in·kh·kw)
+    return a.reshape(n, -1, a.shape[-1])
+
+
+def owner_of(name: str) -> str:
+    """The module name that owns parameter ``name`` ("" for the root)."""
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def find_layers(model: nn.Module, selected: tuple[str, ...]) -> list[FactoredLayer]:
+    """Linear/Conv2d layers owning the selected parameters, in the W̃ = [W, b] layout (else InputError)."""
+    layers, rest = split_layers(model, selected)
+    if rest:
+        mods = dict(model.named_modules())
+        owners: dict[str, list[str]] = {}
+        for n in rest:
+            owners.setdefault(owner_of(n), []).append(n)
+        bad = [f"{_label(m, mods[m])} has parameters {names}" for m, names in owners.items()]
+        raise InputError(
+            "KFAC factors nn.Linear and nn.Conv2d (groups=1) only; "
+            + "; ".join(bad[:3])
+            + (f"; and {len(bad) - 3} more such module(s)" if len(bad) > 3 else "")
+            + " — pass param_names to restrict it to those layers "
+            "(e.g. tacitbayes.functional.last_layer_names(model))"
+        )
+    return layers
+
+
+def _out_locations(layer: FactoredLayer, g: Tensor) -> Tensor:
+    """Output gradients (N, out, H, W) or (N, *, out) as (N, T, out)."""
+    if isinstance(layer.module, nn.Conv2d):
+        return g.flatten(2).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+@dataclass
+class LayerSignals:
+    """One layer's inputs ã (N, T, features) and backpropagated columns g (C, N, T, out)."""
+
+    inputs: Tensor
+    grads: Tensor
+
+
+def backprop_batch(
+    fmodel: FunctionalModel,
+    loss: Loss,
+    layers: list[FactoredLayer],
+    x: Inputs,
+    y: Tensor,
+    shared: str = "raise",
+) -> tuple[Tensor, Tensor, dict[str, LayerSignals]]:
+    """One forward pass and the C backward passes of S = ∂²ℓ/∂f² factor columns, batched.
+
+    Returns the outputs f (N, O), the prepared targets and, per layer, its signals.
+    ``shared="raise"`` refuses a layer called twice in one forward pass; ``"concat"``
+    stacks its calls as extra locations (exact for per-example gradients).
+    """
+    n = n_examples(x)
+    calls: dict[str, list[tuple[Tensor, Tensor]]] = {la.name: [] for la in layers}
+
+    def make_hook(layer: FactoredLayer) -> Callable[..., Tensor]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> Tensor:
+            if calls[layer.name] and shared == "raise":
+                raise InputError(
+                    f"layer {layer.name!r} is called more than once per forward pass; "
+                    "KFAC needs each Linear/Conv2d layer to be used once"
+                )
+            a = _locations(layer, inputs[0].detach(), n)
+            z = output if output.requires_grad else output.detach().requires_grad_(True)
+            calls[layer.name].append((a, z))
+            return z.clone()  # downstream in-place ops must not rebase z's history
+
+        return hook
+
+    handles = [la.module.register_forward_hook(make_hook(la)) for la in layers]
+    try:
+        with torch.enable_grad():
+            f = fmodel(fmodel.params(), x)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [name for name, used in calls.items() if not used]
+    if missing:
+        raise InputError(
+            f"layer(s) {missing} were not called as modules in the forward pass "
+            "(their inputs are read with forward hooks)"
+        )
+    if f.ndim != 2 or f.shape[0] != n:
+        raise InputError(
+            f"the model must map a batch to outputs of shape (N, O), got {tuple(f.shape)}"
+        )
+    y = loss.prepare_target(y, n, int(f.shape[1]), f.dtype)
+    s = loss.hessian_sqrt(f.detach(), y).movedim(-1, 0)  # (C, N, O)
+    zs = [z for la in layers for _, z in calls[la.name]]
+    grads: list[Tensor | None] = [None] * len(zs)
+    if zs and f.requires_grad:
+        grads = list(
+            torch.autograd.grad(f, zs, s, is_grads_batched=True, allow_unused=True)  # type: ignore[arg-type]
+        )
+    signals: dict[str, LayerSignals] = {}
+    k = 0
+    for la in layers:
+        ins, outs = [], []
+        for a, z in calls[la.name]:
+            g = grads[k]
+            k += 1
+            g = (
+                torch.zeros((s.shape[0], *z.shape), dtype=z.dtype, device=z.device)
+                if g is None
+                else g
+            )
+            outs.append(_out_locations(la, g.flatten(0, 1)).unflatten(0, (s.shape[0], n)))
+            ins.append(a)
+        signals[la.name] = LayerSignals(torch.cat(ins, 1), torch.cat(outs, 2))
+    return f.detach(), y, signals
