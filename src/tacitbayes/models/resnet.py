@@ -11,7 +11,7 @@ train and eval mode, so the network is a plain function of (parameters, one inpu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral
 
 import torch
@@ -20,23 +20,32 @@ from torch import nn
 from tacitbayes.errors import InputError
 from tacitbayes.models.mlp import check_input_shape, check_positive_int, make_activation
 
+NORMS = ("group", "batch")
+
 
 class BasicBlock(nn.Module):
     """Residual block: act(GN(conv3x3(act(GN(conv3x3(x))))) + shortcut(x))."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, groups: int, activation: str) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        norm: Callable[[int], nn.Module],
+        activation: str,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.norm1 = nn.GroupNorm(groups, out_ch)
+        self.norm1 = norm(out_ch)
         self.act1 = make_activation(activation)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = norm(out_ch)
         self.act2 = make_activation(activation)
         self.shortcut: nn.Module
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
-                nn.GroupNorm(groups, out_ch),
+                norm(out_ch),
             )
         else:
             self.shortcut = nn.Identity()
@@ -59,6 +68,8 @@ class ResNet(nn.Module):
     ``stages.<s>.<b>.{conv1,norm1,conv2,norm2}.*`` for block ``b`` of stage ``s``,
     ``stages.<s>.0.shortcut.{0,1}.*`` for projections, and ``head.{weight,bias}``.
     Convolutions have no bias (a GroupNorm with affine shift follows each).
+    ``norm="batch"`` uses BatchNorm2d instead (the common ResNet; in eval mode it
+    normalises with running statistics, so every posterior sees a per-example function).
     """
 
     def __init__(
@@ -69,8 +80,11 @@ class ResNet(nn.Module):
         blocks: int = 2,
         norm_groups: int = 8,
         activation: str = "relu",
+        norm: str = "group",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise InputError(f"unknown norm {norm!r}; available: {', '.join(NORMS)}")
         c, h, w = check_input_shape(input_shape)
         n_classes = check_positive_int("n_classes", n_classes)
         blocks = check_positive_int("blocks", blocks)
@@ -88,13 +102,18 @@ class ResNet(nn.Module):
                 f"channels must be a non-empty sequence of positive ints, got {channels!r}"
             )
         chans = tuple(int(k) for k in channels)
-        if any(k % norm_groups for k in chans):
+        if norm == "group" and any(k % norm_groups for k in chans):
             raise InputError(
                 f"norm_groups={norm_groups} must divide every entry of channels={chans}"
             )
+        groups = norm_groups
+
+        def make_norm(ch: int) -> nn.Module:
+            return nn.GroupNorm(groups, ch) if norm == "group" else nn.BatchNorm2d(ch)
+
         self.stem = nn.Sequential(
             nn.Conv2d(c, chans[0], 3, padding=1, bias=False),
-            nn.GroupNorm(norm_groups, chans[0]),
+            make_norm(chans[0]),
             make_activation(activation),
         )
         stages: list[nn.Module] = []
@@ -105,7 +124,7 @@ class ResNet(nn.Module):
                     in_ch if b == 0 else out_ch,
                     out_ch,
                     2 if (s > 0 and b == 0) else 1,
-                    norm_groups,
+                    make_norm,
                     activation,
                 )
                 for b in range(blocks)
