@@ -50,13 +50,14 @@ def test_help_lists_commands(capsys) -> None:
 def test_compare_digits_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     before = torch.get_num_threads()
-    assert main(["compare", *SMALL, "--threads", "1", "--out", str(out)]) == 0
+    assert main(["compare", *SMALL, "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
     assert torch.get_num_threads() == before  # the run's thread count is restored
     printed = capsys.readouterr().out
     assert "map" in printed and "accuracy" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "digits" and results["model"] == "mlp"
     assert results["torch_threads"] == 1 and results["settings"]["threads"] == 1
+    assert results["device"] == "cpu" and results["settings"]["device"] == "cpu"
     assert results["n_params"] == 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
     row = results["methods"]["map"]
     for key in (
@@ -71,7 +72,8 @@ def test_compare_digits_end_to_end(tmp_path: Path, capsys) -> None:
     ):
         assert isinstance(row[key], float), key
     assert 0.5 < row["accuracy"] <= 1 and 0 <= row["ece"] <= 1
-    assert (out / "report.md").read_text().startswith("# tacitbayes compare")
+    report = (out / "report.md").read_text()
+    assert report.startswith("# tacitbayes compare") and "\ndevice: cpu\n" in report
     assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.iterdir()) == [
         "map.pt",
@@ -125,6 +127,34 @@ def test_resume_and_checkpoint(tmp_path: Path, capsys) -> None:
 )
 def test_bad_input_is_one_line_and_exit_2(argv, match, tmp_path: Path, capsys) -> None:
     _fails_cleanly(argv, capsys, tmp_path / "out", match)
+
+
+COMMANDS = ("compare", "linsys", "eos", "bound", "continual")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "device, match",
+    [
+        ("bogus", "argument --device: unknown device 'bogus'; available: cpu, cuda, cuda:N, mps"),
+        ("cuda:x", "unknown device 'cuda:x'"),
+        ("cuda", "tacitbayes: error: device 'cuda' is not available"),
+        ("cuda:7", "tacitbayes: error: device 'cuda:7' is not available"),
+        ("mps", "tacitbayes: error: device 'mps' is not available"),
+    ],
+)
+def test_unknown_or_missing_device_is_one_line_exit_2(
+    command: str, device: str, match: str, tmp_path: Path, capsys
+) -> None:
+    if device.startswith("cuda:7") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    out = tmp_path / "out"
+    _fails_cleanly([command, "--device", device, "--no-progress"], capsys, out, match)
+    assert not out.exists()  # refused before any work: no output directory
 
 
 def test_bad_data_files_fail_cleanly(tmp_path: Path, capsys) -> None:

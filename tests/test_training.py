@@ -142,6 +142,41 @@ def test_bad_settings_raise(digits, tmp_path: Path) -> None:
     torch.save({"model": {}, "optimizer": {}, "epoch": 1}, tmp_path / "wrong.pt")
     with pytest.raises(InputError, match="cannot resume"):
         train_map(_model(), digits.train, _config(), checkpoint=tmp_path / "wrong.pt", resume=True)
+    with pytest.raises(InputError, match="unknown device 'bogus'"):
+        train_map(_model(), digits.train, _config(), device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="device 'cuda' is not available"):
+            train_map(_model(), digits.train, _config(), device="cuda")
+
+
+def _train_on(device: str, digits, checkpoint: Path) -> nn.Module:
+    """Two epochs on ``device`` from a CPU-initialised float64 model, with a checkpoint."""
+    model = _model().double()  # float32 inputs are cast to the model's dtype
+    result = train_map(model, digits.train, _config(epochs=2), checkpoint=checkpoint, device=device)
+    assert len(result.history) == 2 and all(p.device.type == device for p in model.parameters())
+    state = torch.load(checkpoint, weights_only=False)  # loadable without map_location
+    assert all(t.device.type == "cpu" for t in state["model"].values())
+    resumed = _model(seed=1).double()
+    train_map(
+        resumed, digits.train, _config(epochs=3), checkpoint=checkpoint, resume=True, device=device
+    )
+    assert all(p.device.type == device for p in resumed.parameters())
+    assert evaluate_accuracy(resumed, digits.test) > 0.5
+    return model
+
+
+def test_device_moves_model_and_batches_and_saves_cpu_checkpoints(digits, tmp_path: Path) -> None:
+    model = _train_on("cpu", digits, tmp_path / "map.pt")
+    assert next(model.parameters()).dtype == torch.float64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_map_on_cuda(digits, tmp_path: Path) -> None:
+    cpu = _train_on("cpu", digits, tmp_path / "cpu.pt")
+    cuda = _train_on("cuda", digits, tmp_path / "cuda.pt")
+    for a, b in zip(cpu.parameters(), cuda.parameters(), strict=True):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-5, atol=1e-5)  # float64: the same run
 
 
 def test_cosine_schedule() -> None:

@@ -20,7 +20,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from tacitbayes.batches import read_batch, to_model
 from tacitbayes.data import minibatches
+from tacitbayes.devices import check_device, model_device, model_dtype, to_cpu
 from tacitbayes.errors import InputError, TrainingDivergedError
 from tacitbayes.io import save_torch
 
@@ -121,11 +123,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 1024) -> float:
-    """Fraction of ``dataset`` that ``model`` classifies correctly (eval mode)."""
+    """Fraction of ``dataset`` that ``model`` classifies correctly (eval mode, on the model's device)."""
     was_training = model.training
     model.eval()
+    device, dtype = model_device(model), model_dtype(model)
     correct = total = 0
-    for x, y in minibatches(dataset, batch_size):
+    for batch in minibatches(dataset, batch_size):
+        x, y = to_model(read_batch(batch), device, dtype)
         correct += int((model(x).argmax(-1) == y).sum())
         total += len(y)
     model.train(was_training)
@@ -185,15 +189,21 @@ def train_map(
     val_set: Dataset | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place to the MAP estimate: min (1/N) Σ ℓ(f(θ, x_n), y_n) + (δ/2)‖θ‖².
 
-    With ``checkpoint`` the state is saved atomically after every epoch; with
-    ``resume`` training continues from that file. A non-finite loss raises
-    TrainingDivergedError and leaves the last good checkpoint in place.
+    The model is moved to ``device`` (None: where it is) and stays there; every batch
+    follows it, floating inputs cast to the model's dtype. With ``checkpoint`` the state
+    is saved atomically after every epoch, as CPU tensors; with ``resume`` training
+    continues from that file. A non-finite loss raises TrainingDivergedError and leaves
+    the last good checkpoint in place.
     """
     config = config or TrainConfig()
     config.validate()
+    device = model_device(model) if device is None else check_device(device)
+    model.to(device)
+    dtype = model_dtype(model)
     optimizer = make_optimizer(model, config)
     result = TrainResult()
     start = 0
@@ -217,7 +227,10 @@ def train_map(
         epoch_start = time.perf_counter()
         train_loss = minibatch_epoch(
             optimizer,
-            epoch_batches(train_set, config.batch_size, config.seed, epoch),
+            (
+                to_model(read_batch(batch), device, dtype)
+                for batch in epoch_batches(train_set, config.batch_size, config.seed, epoch)
+            ),
             lambda x, y: classification_loss(model(x), y, config.loss),
             lambda step, e=epoch: learning_rate(config, e * steps_per_epoch + step, total_steps),
             epoch,
@@ -234,8 +247,8 @@ def train_map(
         if checkpoint is not None:
             save_torch(
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "model": to_cpu(model.state_dict()),
+                    "optimizer": to_cpu(optimizer.state_dict()),
                     "epoch": epoch + 1,
                     "config": asdict(config),
                     "history": result.history,

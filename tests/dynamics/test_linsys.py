@@ -221,6 +221,7 @@ def test_linsys_quick_run_writes_results(tmp_path: Path) -> None:
     assert {"closed_form", "init_scale", "phase_transition", "first_layer", "settings"} <= set(
         results
     )
+    assert results["device"] == "cpu" and results["settings"]["device"] == "cpu"
     assert results["closed_form"]["max_rel_error"] < 1e-8
     assert set(results["init_scale"]["models"]) == {"diagonal", "deep-linear"}
     success = results["phase_transition"]["success"]

@@ -22,6 +22,7 @@ def test_quick_run_writes_results_report_and_plot(tmp_path: Path, capsys) -> Non
     assert "learned" in printed and "kl-inverse" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "digits" and results["model"] == "mlp"
+    assert results["device"] == "cpu" and results["settings"]["device"] == "cpu"
     assert results["source_classes"] == [0, 1, 2, 3, 4] and results["n_target"] > 100
     assert set(results["priors"]) == set(FAMILIES)
     for name, row in results["priors"].items():

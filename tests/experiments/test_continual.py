@@ -76,6 +76,7 @@ def test_tiny_run_writes_schema_and_files(tmp_path: Path, capsys) -> None:
         "task",
     )
     assert [t["classes"] for t in results["tasks"]] == [[0, 1], [2, 3]]
+    assert results["device"] == "cpu" and results["settings"]["device"] == "cpu"
     assert set(results["methods"]) == {"finetune", "diagonal", "kronecker"}
     first = None
     for name, row in results["methods"].items():

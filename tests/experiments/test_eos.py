@@ -20,6 +20,7 @@ def test_quick_run_writes_results_report_and_plots(tmp_path: Path, capsys) -> No
     assert "gd" in printed and "final sharpness" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "digits" and results["model"] == "mlp"
+    assert results["device"] == "cpu" and results["settings"]["device"] == "cpu"
     assert results["gd_threshold"] == pytest.approx(2 / results["lr"])
     assert set(results["runs"]) == {"gd", "vgd σ=0.03 Ns=1", "vgd σ=0.03 Ns=2", "ivon"}
     for name, run in results["runs"].items():

@@ -53,8 +53,17 @@ def dense_reference(
             H = torch.diag(G.diagonal())
         else:
             H = KFAC(model, "cross_entropy", data, reduction="sum").to_dense()
-        _, index = module_groups(model, names)
-        delta = delta_groups.expand(len(module_groups(model, names)[0]))[index]
+        owners = [n.rsplit(".", 1)[0] for n in names]  # groups: owning modules, in order
+        order = list(dict.fromkeys(owners))
+        live = dict(model.named_parameters())
+        index = torch.cat(
+            [
+                torch.full((live[n].numel(),), order.index(o))
+                for n, o in zip(names, owners, strict=True)
+            ]
+        )
+        assert module_groups(model, names)[0] == order
+        delta = delta_groups.expand(len(order))[index]
     theta = flatten(model_params(model, names))
     return scale * H, delta, theta, names
 

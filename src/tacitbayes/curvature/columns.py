@@ -128,7 +128,8 @@ def diagonal_ggn_pass(
                 fmodel, loss_fn, layers, piece, y[start : start + size], shared="concat"
             )
             for la in layers:
-                total[la.index.to(total.device)] += layer_diagonal(la, signals[la.name])
+                diag = layer_diagonal(la, signals[la.name]).reshape(1, la.n_out, la.d)
+                la.write(total[:, None], diag, add=True)
             if rest:
                 s = loss_fn.hessian_sqrt(f, target)
                 acc = f.new_zeros(len(rest_index))

@@ -122,8 +122,6 @@ class KFAC(LinearOperator):
         n_p = sum(int(t.numel()) for t in params.values())
         super().__init__((n_p, n_p), dtype, device, symmetric=True)
         self._layers, self._rest = split_layers(model, self.param_names)
-        for la in self._layers:
-            la.index = la.index.to(device)
         self._by_name = {la.name: la for la in self._layers}
         self._diag_index = self._diagonal_blocks(params)
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
@@ -260,7 +258,7 @@ class KFAC(LinearOperator):
 
     def flat_index(self, name: str) -> Tensor:
         """Flat positions of the row-major entries of W̃ = [W, b]: vec(W̃) = θ[flat_index]."""
-        return self._layer(name).index
+        return self._layer(name).index.to(self.device)
 
     def kronecker(self, name: str) -> KroneckerProduct:
         """The layer's KFAC block G ⊗ A on row-major vec([W, b])."""
@@ -282,11 +280,9 @@ class KFAC(LinearOperator):
         diag_fn: Callable[[str, Tensor], Tensor],
     ) -> Tensor:
         """fn on every layer's W̃ blocks (k, out, d) of v (P, k), diag_fn on every diagonal block's rows."""
-        k = v.shape[1]
         out = torch.zeros_like(v)
         for la in self._layers:
-            w = v[la.index].T.reshape(k, la.n_out, la.d)
-            out[la.index] = fn(la, w).reshape(k, -1).T
+            la.write(out, fn(la, la.read(v)))
         for name, index in self._diag_index.items():
             out[index] = diag_fn(name, v[index])
         return out
@@ -304,7 +300,7 @@ class KFAC(LinearOperator):
         """diag(KFAC) = diag G ⊗ diag A per layer, and the diagonal blocks, in flat order."""
         out = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
         for la in self._layers:
-            out[self.flat_index(la.name)] = self.kronecker(la.name).diag()
+            la.write(out[:, None], self.kronecker(la.name).diag().reshape(1, la.n_out, la.d))
         for name, index in self._diag_index.items():
             out[index] = self.diagonals[name]
         return out

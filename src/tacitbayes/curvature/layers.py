@@ -35,15 +35,70 @@ __all__ = [
 
 @dataclass
 class FactoredLayer:
-    """One Kronecker-factored layer: module, which parameters are free, flat positions of W̃."""
+    """One Kronecker-factored layer: module, which parameters are free, where W̃ lives in θ.
+
+    The weight occupies θ[w_offset : w_offset + out·features] (row-major) and the bias
+    θ[b_offset : b_offset + out]; :meth:`read` and :meth:`write` move between a flat
+    block (P, k) and W̃ blocks (k, out, d) by slicing, with no P-sized index tensor.
+    """
 
     name: str
     module: nn.Linear | nn.Conv2d
-    weight: bool
-    bias: bool
-    index: Tensor  # (out·d,) flat position of row-major vec(W̃)
+    w_offset: int | None
+    b_offset: int | None
     n_out: int
     d: int
+
+    @property
+    def weight(self) -> bool:
+        """Whether the weight is a free parameter."""
+        return self.w_offset is not None
+
+    @property
+    def bias(self) -> bool:
+        """Whether the bias is a free parameter."""
+        return self.b_offset is not None
+
+    @property
+    def n_features(self) -> int:
+        """Columns of W̃ that belong to the weight (d minus the bias column)."""
+        return self.d - int(self.bias)
+
+    @property
+    def index(self) -> Tensor:
+        """(out·d,) flat positions of row-major vec(W̃), built on demand."""
+        idx = torch.empty(self.n_out, self.d, dtype=torch.long)
+        f = self.n_features
+        if self.w_offset is not None:
+            idx[:, :f] = self.w_offset + torch.arange(self.n_out * f).reshape(self.n_out, f)
+        if self.b_offset is not None:
+            idx[:, f] = self.b_offset + torch.arange(self.n_out)
+        return idx.reshape(-1)
+
+    def read(self, v: Tensor) -> Tensor:
+        """W̃ blocks (k, out, d) of the columns of a flat block v (P, k)."""
+        k, f, parts = v.shape[1], self.n_features, []
+        if self.w_offset is not None:
+            w = v[self.w_offset : self.w_offset + self.n_out * f]
+            parts.append(w.T.reshape(k, self.n_out, f))
+        if self.b_offset is not None:
+            parts.append(v[self.b_offset : self.b_offset + self.n_out].T.unsqueeze(-1))
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+    def write(self, out: Tensor, blocks: Tensor, add: bool = False) -> None:
+        """Store (or add) W̃ blocks (k, out, d) into the columns of a flat block ``out`` (P, k)."""
+        k, f = blocks.shape[0], self.n_features
+        pieces = []
+        if self.w_offset is not None:
+            pieces.append((self.w_offset, blocks[..., :f].reshape(k, -1).T))
+        if self.b_offset is not None:
+            pieces.append((self.b_offset, blocks[..., f].T))
+        for start, values in pieces:
+            target = out[start : start + values.shape[0]]
+            if add:
+                target += values
+            else:
+                target.copy_(values)
 
 
 def _label(name: str, module: nn.Module) -> str:
@@ -92,14 +147,9 @@ def split_layers(
         n_out = int(mod.weight.shape[0])
         n_feat = int(mod.weight[0].numel()) if w is not None else 0
         d = n_feat + (b is not None)
-        index = torch.empty(n_out, d, dtype=torch.long)
-        if w is not None:
-            index[:, :n_feat] = offset[w] + torch.arange(n_out * n_feat).reshape(n_out, n_feat)
-        if b is not None:
-            index[:, n_feat] = offset[b] + torch.arange(n_out)
-        layers.append(
-            FactoredLayer(mname, mod, w is not None, b is not None, index.reshape(-1), n_out, d)
-        )
+        w_off = offset[w] if w is not None else None
+        b_off = offset[b] if b is not None else None
+        layers.append(FactoredLayer(mname, mod, w_off, b_off, n_out, d))
     return layers, rest
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tacitbayes.data import sources
 from tacitbayes.data.shifts import rotate
+from tacitbayes.devices import dataset_to
 from tacitbayes.errors import DataError, InputError
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
@@ -42,6 +43,16 @@ class DataBundle:
     def input_shape(self) -> tuple[int, int, int]:
         """Shape (C, H, W) of one input."""
         return tuple(self.train.tensors[0].shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: str | torch.device) -> DataBundle:
+        """A copy with the three splits and the OOD set on ``device``."""
+        return replace(
+            self,
+            train=dataset_to(self.train, device),
+            val=dataset_to(self.val, device),
+            test=dataset_to(self.test, device),
+            ood=self.ood.to(device),
+        )
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Map raw [0, 1] images to the network's input scale."""

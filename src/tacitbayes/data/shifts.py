@@ -18,6 +18,8 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
         raise ValueError(f"rotate expects (N, C, H, W) images, got shape {tuple(images.shape)}")
     theta = math.radians(degrees)
     cos, sin = math.cos(theta), math.sin(theta)
-    matrix = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=images.dtype)
+    matrix = torch.tensor(
+        [[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=images.dtype, device=images.device
+    )
     grid = F.affine_grid(matrix.expand(len(images), 2, 3), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import TensorDataset
 
 from tacitbayes.data.datasets import DataBundle
 from tacitbayes.data.shifts import rotate
+from tacitbayes.devices import dataset_to
 from tacitbayes.errors import InputError
 
 __all__ = ["Task", "rotated_tasks", "split_tasks"]
@@ -37,6 +38,15 @@ class Task:
     def sizes(self) -> dict[str, int]:
         """Number of examples per split."""
         return {"n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}
+
+    def to(self, device: str | torch.device) -> Task:
+        """A copy with the three splits on ``device``."""
+        return replace(
+            self,
+            train=dataset_to(self.train, device),
+            val=dataset_to(self.val, device),
+            test=dataset_to(self.test, device),
+        )
 
 
 def _check_groups(class_groups: object, n_classes: int) -> list[tuple[int, ...]]:

@@ -44,6 +44,7 @@ from torch.utils.data import TensorDataset
 
 from tacitbayes.curvature import KFAC
 from tacitbayes.data import DATASETS, BatchLoader, load_dataset
+from tacitbayes.devices import check_device, dataset_to
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.bound_report import write_outputs
 from tacitbayes.experiments.runtime import torch_threads, versions
@@ -125,6 +126,7 @@ class BoundSettings:
     n_train: int | None = None
     seed: int = 0
     threads: int | None = 1
+    device: str = "cpu"  # where the networks and data live: cpu, cuda, cuda:N or mps
     quick: bool = False
     data_dir: str | None = None
     out: str | None = None
@@ -145,6 +147,7 @@ class BoundSettings:
             if getattr(s, name) is None:
                 setattr(s, name, value)
         _check(s)
+        check_device(s.device)
         return s
 
 
@@ -198,11 +201,14 @@ def _task(data: TensorDataset, classes: tuple[int, ...], what: str) -> TensorDat
 
 
 def _build(s: BoundSettings, input_shape: tuple[int, int, int], k: int) -> nn.Module:
+    """A fresh network (initialised on the CPU) on the run's device."""
     if s.model == "mlp":
-        return build_model(
+        model = build_model(
             "mlp", input_shape, k, width=s.width, depth=s.depth, activation=s.activation
         )
-    return build_model("lenet", input_shape, k, activation=s.activation)
+    else:
+        model = build_model("lenet", input_shape, k, activation=s.activation)
+    return model.to(s.device)
 
 
 def _config(s: BoundSettings, weight_decay: float = 0.0) -> TrainConfig:
@@ -279,7 +285,7 @@ def _select(s, family, model, kfac, target, gen, last, coarse) -> dict[str, Any]
     """
     assert s.taus and s.selection_size
     n = len(target)
-    idx = torch.randperm(n, generator=gen)[: s.selection_size]
+    idx = torch.randperm(n, generator=gen, device=gen.device)[: s.selection_size]
     subset = TensorDataset(*(t[idx] for t in target.tensors))
     cost, d_pb = union_bound_cost(len(family["grid"])), (1 - DELTA_MC_FRACTION) * s.delta
     best: dict[str, Any] | None = None
@@ -311,7 +317,7 @@ def _evaluate(s, family, source_state, data, target, test) -> dict[str, Any]:
             model.load_state_dict(source_state)
         train_with_prior(model, target, family["make"](hyper), _config(s))
         kfac = KFAC(model, "cross_entropy", BatchLoader(target, 1024), reduction="sum")
-        gen = torch.Generator().manual_seed(s.seed + r)
+        gen = torch.Generator(s.device).manual_seed(s.seed + r)
         best = _select(s, family, model, kfac, target, gen, last, r == 0 and s.rounds > 1)
         rounds.append(
             {"trained_with": hyper, "chosen": {**best["prior_hyper"], "tau": best["tau"]}}
@@ -319,7 +325,7 @@ def _evaluate(s, family, source_state, data, target, test) -> dict[str, Any]:
         rounds[-1]["proxy_bound"] = best["proxy_bound"]
         hyper, last = best["prior_hyper"], best["i"]
     selected = time.perf_counter()
-    gen = torch.Generator().manual_seed(s.seed + 1000)
+    gen = torch.Generator(s.device).manual_seed(s.seed + 1000)
     q, prior = best["q"], best["prior"]
     mc_risk, draws = _risk(model, q, target, s.mc_samples, gen)
     grid = len(family["grid"])
@@ -368,19 +374,17 @@ def run_bound(settings: BoundSettings) -> dict[str, Any]:
 
 def _run(s: BoundSettings) -> dict[str, Any]:
     start = time.perf_counter()
+    device = check_device(s.device)
     data = load_dataset(s.dataset, s.data_dir, n_train=s.n_train, seed=s.seed, ood=False)
-    source, target = (
-        _task(data.train, s.source_classes, "training"),
-        _task(data.train, s.target_classes, "training"),
-    )
-    source_test, test = (
-        _task(data.test, s.source_classes, "test"),
-        _task(data.test, s.target_classes, "test"),
+    source, target, source_test, test = (
+        dataset_to(_task(split, classes, what), device)
+        for split, what in ((data.train, "training"), (data.test, "test"))
+        for classes in (s.source_classes, s.target_classes)
     )
     out = Path(s.out or f"runs/bound-{time.strftime('%Y%m%d-%H%M%S')}")
     torch.manual_seed(s.seed)
     net = _build(s, data.input_shape, len(s.source_classes))
-    train_map(net, source, _config(s, s.weight_decay))
+    train_map(net, source, _config(s, s.weight_decay), device=device)
     la = Laplace(net, "classification", "kron", prior_precision=len(source) * s.weight_decay)
     la.fit(BatchLoader(source, 1024))
     la.optimize_prior_precision()
@@ -391,6 +395,7 @@ def _run(s: BoundSettings) -> dict[str, Any]:
         "dataset": data.name,
         "model": s.model,
         "n_params": sum(p.numel() for p in net.parameters()),
+        "device": str(device),
         "source_classes": list(s.source_classes),
         "target_classes": list(s.target_classes),
         "n_source": len(source),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
+from tacitbayes.devices import parse_device
+from tacitbayes.errors import InputError
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line on stderr with exit status 2."""
@@ -56,8 +59,28 @@ def positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def device_name(text: str) -> str:
+    """argparse type: a device name, cpu, cuda, cuda:N or mps (whether it exists is checked later)."""
+    try:
+        return str(parse_device(text))
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_option(
+    p: argparse.ArgumentParser, what: str = "the model and data are moved there"
+) -> None:
+    """The --device option (default cpu); a device this machine lacks fails before the run starts."""
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default="cpu",
+        help=f"cpu (default), cuda, cuda:N or mps; {what}",
+    )
+
+
 def add_run_options(p: argparse.ArgumentParser, command: str, quick: bool = True) -> None:
-    """The options every experiment shares: --seed, --threads, [--quick], --data-dir, --out, --no-progress."""
+    """The options every experiment shares: --seed, --threads, --device, [--quick], --data-dir, --out, --no-progress."""
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
@@ -65,6 +88,7 @@ def add_run_options(p: argparse.ArgumentParser, command: str, quick: bool = True
         default=1,
         help="torch CPU threads (default 1: fastest for these small models on a busy CPU)",
     )
+    add_device_option(p)
     if quick:
         p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks)")
     p.add_argument("--data-dir", help="directory with the data set's IDX files")
@@ -77,6 +101,7 @@ def run_option_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {
         "seed": args.seed,
         "threads": args.threads,
+        "device": args.device,
         "data_dir": args.data_dir,
         "out": args.out,
         "progress": not args.no_progress,

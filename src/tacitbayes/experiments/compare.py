@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from tacitbayes import plots
 from tacitbayes.data import DataBundle, load_dataset
+from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.evaluate import evaluate_predictor
 from tacitbayes.experiments.methods import FitContext, get_method
@@ -48,6 +49,7 @@ class CompareSettings:
     out: str | None = None
     progress: bool = True
     threads: int | None = None  # torch CPU threads for the run (None: torch's own setting)
+    device: str = "cpu"  # where the model and data live: cpu, cuda, cuda:N or mps
 
     def train_config(self) -> TrainConfig:
         """The MAP training settings of this run."""
@@ -75,8 +77,13 @@ def _load_weights(model: torch.nn.Module, path: str) -> None:
         raise InputError(f"checkpoint {path} does not fit this model: {exc}") from exc
 
 
-def _prepare(settings: CompareSettings) -> tuple[DataBundle, torch.nn.Module, TrainConfig, list]:
-    """Check every input before anything is written: data, model, methods, training settings."""
+def _prepare(
+    settings: CompareSettings, device: torch.device
+) -> tuple[DataBundle, torch.nn.Module, TrainConfig, list]:
+    """Check every input before anything is written: data, model, methods, training settings.
+
+    The data and the model (initialised, or loaded, on the CPU) are returned on ``device``.
+    """
     factories = [(name, get_method(name)) for name in settings.methods]
     if not factories:
         raise InputError("no methods given")
@@ -95,7 +102,7 @@ def _prepare(settings: CompareSettings) -> tuple[DataBundle, torch.nn.Module, Tr
     model = build_model(settings.model, data.input_shape, data.n_classes, **settings.model_options)
     if settings.checkpoint is not None:
         _load_weights(model, settings.checkpoint)
-    return data, model, config, factories
+    return data.to(device), model.to(device), config, factories
 
 
 def _report(results: dict[str, Any], settings: CompareSettings) -> str:
@@ -164,7 +171,8 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
 
 
 def _run(settings: CompareSettings) -> dict[str, Any]:
-    data, model, config, factories = _prepare(settings)
+    device = check_device(settings.device)
+    data, model, config, factories = _prepare(settings, device)
     out = Path(settings.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     train_seconds = step_seconds = 0.0
@@ -178,6 +186,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
             val_set=data.val,
             checkpoint=out / "map.pt",
             resume=settings.resume,
+            device=device,
         )
         train_seconds, history = time.perf_counter() - start, trained.history
         if trained.resumed_from == 0:  # a resumed run timed only part of its training
@@ -192,6 +201,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         n_samples=settings.n_samples,
         seed=settings.seed,
         progress=settings.progress,
+        device=device,
     )
     methods: dict[str, dict[str, Any]] = {}
     test_probs = {}
@@ -220,6 +230,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         "n_params": sum(p.numel() for p in model.parameters()),
         "ood_dataset": data.ood_name,
         "shift_angles": [f"{a:g}" for a in data.angles],
+        "device": str(device),
         "n_train": len(data.train),
         "n_test": len(data.test),
         "train_history": history,
@@ -228,7 +239,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "versions": versions(),
     }
-    y_test = data.test.tensors[1]
+    y_test = data.test.tensors[1].cpu()
     plots.reliability_diagram(
         {name: (p, y_test) for name, p in test_probs.items()},
         out / "reliability.png",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tacitbayes.experiments.cli_types import positive_int
+from tacitbayes.experiments.cli_types import add_device_option, positive_int
 
 
 def add_subparser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +46,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=positive_int, help="torch CPU threads (default: torch's own setting)"
     )
+    add_device_option(p)
     p.set_defaults(run=_run_compare)
 
 
@@ -77,6 +78,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         out=args.out,
         progress=not args.no_progress,
         threads=args.threads,
+        device=args.device,
     )
     results = run_compare(settings)
     print(f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters)")

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from tacitbayes.data import Task, load_dataset, rotated_tasks, split_tasks
+from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.continual_report import write_outputs
 from tacitbayes.experiments.continual_sequence import DIAGONAL_CURVATURES, METHODS, run_sequence
@@ -86,6 +87,7 @@ class ContinualSettings:
     n_train: int | None = None
     seed: int = 0
     threads: int | None = 1
+    device: str = "cpu"  # where the network and data live: cpu, cuda, cuda:N or mps
     data_dir: str | None = None
     out: str | None = None
     progress: bool = True
@@ -133,6 +135,7 @@ class ContinualSettings:
             raise InputError("strengths (the prior-strength grid) must hold at least one value")
         if s.threads is not None and (not isinstance(s.threads, int) or s.threads < 1):
             raise InputError(f"threads must be an integer ≥ 1, got {s.threads!r}")
+        check_device(s.device)
         return s
 
     def train_config(self) -> TrainConfig:
@@ -195,11 +198,13 @@ def summarize(matrix: list[list[float]]) -> dict[str, Any]:
 
 
 def build_tasks(s: ContinualSettings) -> list[Task]:
-    """The task sequence of the settings (InputError for bad groups or angles)."""
+    """The task sequence of the settings, on its device (InputError for bad groups or angles)."""
     bundle = load_dataset(s.dataset, s.data_dir, n_train=s.n_train, seed=s.seed, ood=False)
     if s.sequence == "split":
-        return split_tasks(bundle, s.groups or SPLIT_GROUPS)
-    return rotated_tasks(bundle, s.angles or ANGLES)
+        tasks = split_tasks(bundle, s.groups or SPLIT_GROUPS)
+    else:
+        tasks = rotated_tasks(bundle, s.angles or ANGLES)
+    return [task.to(s.device) for task in tasks]
 
 
 def _one_run(
@@ -209,6 +214,7 @@ def _one_run(
         s.model, init.input_shape, N_CLASSES, width=s.width, depth=s.depth, activation=s.activation
     )
     net.load_state_dict(init.state_dict())
+    net.to(s.device)
     desc = method if method == "finetune" else f"{method} β={strength:g}"
     run = run_sequence(
         method,
@@ -277,6 +283,7 @@ def _run(s: ContinualSettings) -> dict[str, Any]:
         "model": s.model,
         "model_options": {"width": s.width, "depth": s.depth, "activation": s.activation},
         "n_params": sum(p.numel() for p in init.parameters()),
+        "device": str(check_device(s.device)),
         "tasks": [{"name": t.name, "classes": list(t.classes), **t.sizes()} for t in tasks],
         "selection": "prior strength β: best mean validation accuracy over all tasks after the "
         "last task, over the grid `strengths` (same grid and rule for every prior)",

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from tacitbayes.curvature import KFAC
 from tacitbayes.curvature.operators import ggn_diagonal
 from tacitbayes.data import BatchLoader, Task
+from tacitbayes.devices import model_device
 from tacitbayes.errors import InputError
 from tacitbayes.priors.diagonal import DiagonalGaussian
 from tacitbayes.priors.kronecker_prior import KroneckerPrior
@@ -79,8 +80,10 @@ class TaskView(nn.Module):
 def local_labels(dataset: TensorDataset, classes: tuple[int, ...]) -> TensorDataset:
     """The data set with each label y replaced by its position in ``classes`` (the view's target)."""
     x, y = dataset.tensors
-    table = torch.full((max(max(classes), int(y.max())) + 1,), -1, dtype=torch.long)
-    table[torch.tensor(classes)] = torch.arange(len(classes))
+    table = torch.full(
+        (max(max(classes), int(y.max())) + 1,), -1, dtype=torch.long, device=y.device
+    )
+    table[torch.tensor(classes, device=y.device)] = torch.arange(len(classes), device=y.device)
     local = table[y]
     if bool((local < 0).any()):
         raise InputError("the data set holds labels outside the task's classes")
@@ -163,11 +166,14 @@ def run_sequence(
 ) -> dict[str, Any]:
     """Train ``net`` in place over ``tasks``; R[i][j] = accuracy on task i after task j (test, val).
 
+    The tasks' data must be on ``net``'s device (see :meth:`Task.to`).
+
     ``masked``: the task-incremental scenario (train and evaluate on the task's logits only);
     otherwise one head over all outputs (class-incremental).
     """
     all_classes = tuple(range(n_classes))
-    views = [TaskView(net, task.classes if masked else all_classes) for task in tasks]
+    device = model_device(net)
+    views = [TaskView(net, task.classes if masked else all_classes).to(device) for task in tasks]
     data = {
         split: [
             local_labels(getattr(task, split), v.task_classes)

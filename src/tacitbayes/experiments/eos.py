@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tacitbayes.data import load_dataset
+from tacitbayes.devices import check_device
 from tacitbayes.dynamics import (
     SharpnessTracker,
     momentum_stability_threshold,
@@ -77,6 +78,7 @@ class EosSettings:
     tail: float = 0.4
     seed: int = 0
     threads: int | None = 1
+    device: str = "cpu"  # where the model and data live: cpu, cuda, cuda:N or mps
     quick: bool = False
     data_dir: str | None = None
     out: str | None = None
@@ -103,6 +105,7 @@ class EosSettings:
         s.record_every = self.record_every or base.get("record_every") or max(s.steps // 60, 1)
         s.ivon_lr = self.ivon_lr if self.ivon_lr is not None else s.lr
         _check(s)
+        check_device(s.device)
         return s
 
 
@@ -316,7 +319,9 @@ def run_eos(settings: EosSettings) -> dict[str, Any]:
 
 
 def _run(s: EosSettings) -> dict[str, Any]:
+    device = check_device(s.device)
     data = load_dataset(s.dataset, s.data_dir, n_train=s.n_train, seed=s.seed, ood=False)
+    data = data.to(device)
     x, y = data.train.tensors
     torch.manual_seed(s.seed)
     init = build_model(s.model, data.input_shape, data.n_classes, **_model_options(s))
@@ -326,7 +331,7 @@ def _run(s: EosSettings) -> dict[str, Any]:
     for spec in run_specs(s):
         model = build_model(s.model, data.input_shape, data.n_classes, **_model_options(s))
         model.load_state_dict(init.state_dict())
-        model.train()
+        model.to(device).train()
         trajectory, diverged, seconds = _train_run(spec, model, (x, y), (x, y), s)
         row = {k: v for k, v in spec.items() if k != "name"}
         row.update(summarize(trajectory, s.steps, s.tail, s.lr))  # type: ignore[arg-type]
@@ -341,6 +346,7 @@ def _run(s: EosSettings) -> dict[str, Any]:
         "model": s.model,
         "model_options": _model_options(s),
         "n_params": sum(p.numel() for p in init.parameters()),
+        "device": str(device),
         "n_train": len(y),
         "n_test": len(data.test),
         "lr": s.lr,

@@ -23,7 +23,7 @@ def predict_dataset(
 def predict_with_scores(
     predictor: Predictor, inputs: torch.Tensor, batch_size: int = 500
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Class probabilities for ``inputs`` and, for a sampling method, the epistemic scores.
+    """Class probabilities for ``inputs`` and, for a sampling method, the epistemic scores (on the CPU).
 
     A predictor with ``predict_samples(x)`` (logits of shape (S, N, C)) gets the mutual
     information (BALD) and the summed logit variance per input; others get none.
@@ -32,13 +32,13 @@ def predict_with_scores(
     sampled = hasattr(predictor, "predict_samples")
     for (x,) in minibatches(TensorDataset(inputs), batch_size):
         if sampled:
-            logits = predictor.predict_samples(x).detach().to(torch.float64)  # type: ignore[attr-defined]
+            logits = predictor.predict_samples(x).detach().cpu().to(torch.float64)  # type: ignore[attr-defined]
             sample_probs = torch.softmax(logits, -1)
             probs.append(sample_probs.mean(0))
             mi.append(metrics.mutual_information(sample_probs))
             var.append(metrics.logit_variance(logits))
         else:
-            probs.append(predictor.predict(x).detach().to(torch.float64))
+            probs.append(predictor.predict(x).detach().cpu().to(torch.float64))
     scores = {"mi": torch.cat(mi), "variance": torch.cat(var)} if sampled else {}
     return torch.cat(probs), scores
 

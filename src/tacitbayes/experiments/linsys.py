@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
 from tacitbayes.experiments import linsys_studies as studies
-from tacitbayes.experiments.cli_types import positive_int
+from tacitbayes.experiments.cli_types import add_device_option, positive_int
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.io import write_json, write_text
 
@@ -47,6 +48,7 @@ class LinsysSettings:
     quick: bool = False
     out: str | None = None
     progress: bool = True
+    device: str = "cpu"  # study 4 trains its MLP there; studies 1-3 (small float64) use the CPU
 
     def sizes(self) -> dict[str, int]:
         """n, d, k and trials after defaults, checked."""
@@ -102,6 +104,7 @@ FIXED = {
 def run_linsys(settings: LinsysSettings) -> dict[str, Any]:
     """Run the four studies, write results.json, report.md and the plots into ``out``."""
     size, grid = settings.sizes(), settings.grids()
+    device = check_device(settings.device)
     out = Path(settings.out or f"runs/linsys-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     seed, progress = settings.seed, settings.progress
@@ -126,10 +129,11 @@ def run_linsys(settings: LinsysSettings) -> dict[str, Any]:
         start = time.perf_counter()
         results["first_layer"] = studies.first_layer_study(
             grid["widths"], grid["n_train"], grid["mlp_steps"], FIXED["mlp_lr"],
-            FIXED["mlp_depth"], seed, out, progress,
+            FIXED["mlp_depth"], seed, out, progress, device,
         )  # fmt: skip
         seconds["first_layer"] = time.perf_counter() - start
     results["seconds"] = seconds
+    results["device"] = str(device)
     results["settings"] = {**asdict(settings), **size, **grid, **FIXED}
     results["versions"] = versions()
     results["plots"] = list(PLOTS)
@@ -284,6 +288,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small grids (seconds, for tests)")
     p.add_argument("--out", help="output directory (default runs/linsys-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_option(p, "study 4 trains its MLP there (studies 1-3 run on the CPU)")
     p.set_defaults(run=_run_linsys)
 
 
@@ -297,6 +302,7 @@ def _run_linsys(args: argparse.Namespace) -> int:
         quick=args.quick,
         out=args.out,
         progress=not args.no_progress,
+        device=args.device,
     )
     results = run_linsys(settings)
     print(format_table(results))

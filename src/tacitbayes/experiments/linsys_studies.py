@@ -245,8 +245,9 @@ def first_layer_study(
     seed: int,
     out: Path,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Train an MLP on a digits subset by full-batch GD (MSE); compare ΔW₁ with ΔW₁* = J⁺JΔW₁."""
+    """Train an MLP on a digits subset by full-batch GD (MSE) on ``device``; compare ΔW₁ with ΔW₁* = J⁺JΔW₁."""
     data = load_dataset("digits", n_train=n_train, seed=seed, ood=False)
     x = data.train.tensors[0]
     rows = []
@@ -260,8 +261,8 @@ def first_layer_study(
             epochs=steps, batch_size=len(x), optimizer="sgd", momentum=0.0, lr=width_lr,
             weight_decay=0.0, loss="mse", schedule="constant", seed=seed, progress=False,
         )  # fmt: skip
-        history = train_map(model, data.train, config).history
-        delta = model[1].weight.detach() - w_init
+        history = train_map(model, data.train, config, device=device).history
+        delta = model[1].weight.detach().cpu() - w_init
         delta_star, rank = min_distance_change(G, X, delta)
         losses = [h["train_loss"] for h in history]
         row = {"width": width, "lr": width_lr, **projection_summary(delta, delta_star, w_init)}

@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from tacitbayes.devices import model_device
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.methods import FitContext, Predictor, register_method
 from tacitbayes.models import build_model
@@ -90,7 +91,7 @@ class VariationalPredictor:
 
     def __init__(self, vnet: VariationalModel, n_samples: int, info: dict[str, Any]) -> None:
         self.vnet = vnet
-        generator = torch.Generator().manual_seed(12345)
+        generator = torch.Generator(model_device(vnet)).manual_seed(12345)
         self.samples = [vnet.sample(generator) for _ in range(n_samples)]
         self.info = info
 
@@ -112,7 +113,7 @@ def fit_ibvi(ctx: FitContext) -> Predictor:
     torch.manual_seed(ctx.seed)
     model = build_model(
         ctx.model_name, ctx.data.input_shape, ctx.data.n_classes, **ctx.model_options
-    )
+    ).to(ctx.device)
     vnet = VariationalModel(
         model,
         layers=variational_layers(model, s.layers),
@@ -135,7 +136,7 @@ def fit_ibvi(ctx: FitContext) -> Predictor:
     temperature = 1.0
     if s.temperature and len(ctx.data.val):
         val_x, val_y = ctx.data.val.tensors
-        generator = torch.Generator().manual_seed(ctx.seed + 1)
+        generator = torch.Generator(model_device(vnet)).manual_seed(ctx.seed + 1)
         temperature = fit_temperature(vnet, val_x, val_y, ctx.n_samples, generator=generator)
     info = {
         "train_seconds": train_seconds,

@@ -89,7 +89,7 @@ def _map_step_seconds(ctx: FitContext, data, steps: int) -> tuple[float, float]:
     torch.manual_seed(ctx.seed)
     model = build_model(
         ctx.model_name, ctx.data.input_shape, ctx.data.n_classes, **ctx.model_options
-    )
+    ).to(ctx.device)
     opt = make_optimizer(model, ctx.train_config)
     batches = list(minibatches(data, ctx.train_config.batch_size, shuffle=True,
                                generator=torch.Generator().manual_seed(ctx.seed)))  # fmt: skip
@@ -99,11 +99,16 @@ def _map_step_seconds(ctx: FitContext, data, steps: int) -> tuple[float, float]:
         classification_loss(model(x), y, ctx.train_config.loss).backward()
         opt.step()
     batches = batches[5:]
+    on_cuda = torch.device(ctx.device).type == "cuda"  # time finished work, not queued kernels
+    if on_cuda:
+        torch.cuda.synchronize()
     start, cpu = time.perf_counter(), time.process_time()
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
         classification_loss(model(x), y, ctx.train_config.loss).backward()
         opt.step()
+    if on_cuda:
+        torch.cuda.synchronize()
     n = max(len(batches), 1)
     return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
@@ -119,7 +124,7 @@ def train_ivon(
     torch.manual_seed(ctx.seed)
     model = build_model(
         ctx.model_name, ctx.data.input_shape, ctx.data.n_classes, **ctx.model_options
-    )
+    ).to(ctx.device)
     opt = IVON(
         model.parameters(),
         lr=settings.lr,

@@ -23,7 +23,10 @@ from tacitbayes.training import TrainConfig
 
 @dataclass
 class FitContext:
-    """Everything a method may use: the MAP network, the data and the run's settings."""
+    """Everything a method may use: the MAP network, the data and the run's settings.
+
+    The network and the data are on ``device``; a method puts any network it builds there too.
+    """
 
     model: nn.Module
     data: DataBundle
@@ -33,6 +36,7 @@ class FitContext:
     n_samples: int = 32
     seed: int = 0
     progress: bool = True
+    device: str | torch.device = "cpu"
 
 
 class Predictor(Protocol):

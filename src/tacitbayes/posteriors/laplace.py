@@ -89,10 +89,10 @@ class Laplace:
         first = next(iter(params.values()))
         self.dtype, self.device = first.dtype, first.device
         if structure == "last_layer":
-            self.groups, index = ["all"], torch.zeros(self.n_params, dtype=torch.long)
+            self.groups, sizes = ["all"], torch.tensor([self.n_params], dtype=torch.long)
         else:
-            self.groups, index = module_groups(model, self.param_names)
-        self._group_index = index.to(self.device)
+            self.groups, sizes = module_groups(model, self.param_names)
+        self._group_sizes = sizes
         self._prior = self._check_prior(prior_precision)
         self._curv: Any = None
         self.mean: Tensor | None = None
@@ -187,10 +187,9 @@ class Laplace:
         self._require_fit()
         assert self.mean is not None
         delta = self._deltas(prior_precision)
-        n_groups = len(self.groups)
-        sq = torch.zeros(n_groups, dtype=self.dtype, device=self.device)
-        sq = sq.index_add(0, self._group_index, self.mean.square())
-        sizes = torch.bincount(self._group_index, minlength=n_groups).to(self.dtype)
+        chunks = self.mean.split(self._group_sizes.tolist())
+        sq = torch.stack([c.square().sum() for c in chunks]).to(self.dtype)
+        sizes = self._group_sizes.to(device=self.device, dtype=self.dtype)
         return (
             self.log_likelihood()
             - 0.5 * (delta * sq).sum()

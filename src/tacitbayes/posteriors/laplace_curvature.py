@@ -50,22 +50,35 @@ __all__ = [
     "DiagonalCurvature",
     "KroneckerCurvature",
     "module_groups",
+    "per_parameter",
 ]
 
 MAX_DENSE_PARAMS = 20_000  # a dense P×P curvature above this needs > 3 GB in float64
 
 
 def module_groups(model: nn.Module, param_names: Sequence[str]) -> tuple[list[str], Tensor]:
-    """Prior groups = owning modules: (module names in order, flat group index of shape (P,))."""
+    """Prior groups = owning modules: (module names in order, sizes (n_groups,) of their flat ranges).
+
+    A module's own parameters are consecutive in flat order, so group g covers the
+    contiguous range of ``sizes[g]`` entries after the groups before it.
+    """
     params = FunctionalModel(model, param_names).params()
     groups: list[str] = []
-    index = []
+    sizes: list[int] = []
     for name, t in params.items():
         owner = name.rsplit(".", 1)[0] if "." in name else ""
-        if owner not in groups:
+        if not groups or groups[-1] != owner:
+            if owner in groups:
+                raise InputError(f"the parameters of module {owner!r} are not consecutive")
             groups.append(owner)
-        index.append(torch.full((t.numel(),), groups.index(owner), dtype=torch.long))
-    return groups, torch.cat(index)
+            sizes.append(0)
+        sizes[-1] += t.numel()
+    return groups, torch.tensor(sizes, dtype=torch.long)
+
+
+def per_parameter(values: Tensor, sizes: Tensor) -> Tensor:
+    """Expand one value per group to the flat parameter vector (group g repeated sizes[g] times)."""
+    return torch.repeat_interleave(values, sizes.to(values.device), output_size=int(sizes.sum()))
 
 
 def _check_scale(scale: float) -> float:
@@ -102,15 +115,15 @@ class DiagonalCurvature(_Scaled):
 
     kind = "diag"
 
-    def __init__(self, diagonal: Tensor, scale: float, groups: list[str], group_index: Tensor):
-        if diagonal.ndim != 1 or diagonal.shape != group_index.shape:
+    def __init__(self, diagonal: Tensor, scale: float, groups: list[str], group_sizes: Tensor):
+        if diagonal.ndim != 1 or diagonal.shape[0] != int(group_sizes.sum()):
             raise InputError(
-                f"diagonal of shape {tuple(diagonal.shape)} does not fit {group_index.numel()} "
-                "parameters"
+                f"diagonal of shape {tuple(diagonal.shape)} does not fit "
+                f"{int(group_sizes.sum())} parameters"
             )
         self.diagonal = diagonal.clamp_min(0)
         self.scale = scale
-        self.groups, self.group_index = groups, group_index.to(diagonal.device)
+        self.groups, self.group_sizes = groups, group_sizes
 
     @classmethod
     def fit(
@@ -123,7 +136,7 @@ class DiagonalCurvature(_Scaled):
         return out
 
     def _precision(self, delta: Tensor) -> Tensor:
-        return self.scale * self.diagonal + delta[self.group_index]
+        return self.scale * self.diagonal + per_parameter(delta, self.group_sizes)
 
     def logdet(self, delta: Tensor) -> Tensor:
         """Σ_i log(s h_i + δ_g(i))."""
@@ -157,7 +170,7 @@ class KroneckerCurvature(_Scaled):
     def __init__(self, kfac: KFAC, scale: float) -> None:
         self.kfac = kfac
         self.scale = scale
-        self.groups, self.group_index = module_groups(kfac.fmodel.module, kfac.param_names)
+        self.groups, self.group_sizes = module_groups(kfac.fmodel.module, kfac.param_names)
         if sorted(self.groups) != sorted(kfac.blocks):
             raise InputError(f"KFAC blocks {kfac.blocks} differ from the modules {self.groups}")
         # δ arrives in module_groups order; KFAC wants its own block order
@@ -204,9 +217,9 @@ class KroneckerCurvature(_Scaled):
                 self._eig[name] = (lam_g.clamp_min(0), q_g, lam_a.clamp_min(0), q_a)
             lam_g, q_g, lam_a, q_a = self._eig[name]
             m = lam_g[:, None] * lam_a[None, :] + d
-            out[self.kfac.flat_index(name)] = (
-                q_g.square() @ m.reciprocal() @ q_a.square().T
-            ).reshape(-1) / self.scale
+            block = (q_g.square() @ m.reciprocal() @ q_a.square().T) / self.scale
+            layer = self.kfac._layer(name)
+            layer.write(out[:, None], block.reshape(1, layer.n_out, layer.d))
         return out
 
     def state(self) -> dict[str, Any]:
@@ -248,7 +261,7 @@ class DenseCurvature(_Scaled):
         self.hessian = 0.5 * (hessian + hessian.mT)
         self.scale = scale
         self.groups = ["all"]
-        self.group_index = torch.zeros(hessian.shape[0], dtype=torch.long, device=hessian.device)
+        self.group_sizes = torch.tensor([hessian.shape[0]], dtype=torch.long)
         self._eigenvalues = eigenvalues
         self._chol: tuple[float, Tensor] | None = None
 
