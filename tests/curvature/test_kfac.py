@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tacitbayes.curvature import GGN, KFAC
+from tacitbayes.curvature import GGN, KFAC, ggn_diagonal
 from tacitbayes.errors import InputError
 from tacitbayes.functional import last_layer_names, layer_names
 from tacitbayes.models import build_model
@@ -448,3 +448,19 @@ def test_from_factors_rejects_wrong_layers_and_shapes() -> None:
     bad["2"] = (torch.eye(5), torch.eye(4))
     with pytest.raises(InputError, match="must have shapes"):
         KFAC.from_factors(model, "cross_entropy", bad, 3)
+
+
+def test_working_budget_chunks_give_the_same_curvature(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tacitbayes.budget
+
+    torch.manual_seed(0)
+    small = {"channels": (4, 8), "blocks": 1, "norm_groups": 2}
+    model = build_model("resnet", (1, 8, 8), 10, **small).double()
+    data = [(torch.randn(3, 1, 8, 8, dtype=DT), torch.randint(0, 10, (3,))) for _ in range(2)]
+    K = KFAC(model, "cross_entropy", data, reduction="sum")
+    d = ggn_diagonal(model, "cross_entropy", data, reduction="sum")
+    monkeypatch.setattr(tacitbayes.budget, "WORKING_BYTES", 1)  # one column / example at a time
+    K1 = KFAC(model, "cross_entropy", data, reduction="sum")
+    torch.testing.assert_close(K1.to_dense(), K.to_dense(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ggn_diagonal(model, "cross_entropy", data, reduction="sum"), d)
+    assert K1.loss_sum == pytest.approx(K.loss_sum) and K1.n_data == 6

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from tacitbayes.batches import Inputs, check_loader, iter_batches, map_inputs, slice_inputs
+from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.layers import FactoredLayer, LayerSignals, backprop_batch, split_layers
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.errors import InputError
@@ -39,27 +40,36 @@ __all__ = [
     "per_example_columns",
 ]
 
-COLUMN_SCALARS = 2**25  # default bound on per-example columns held at once (scalars)
 
-
-def layer_diagonal(layer: FactoredLayer, signals: LayerSignals) -> Tensor:
-    """Σ_{n,c} (Σ_t g_nct ã_ntᵀ)² in the W̃ = [W, b] layout, flattened row-major (out·d,)."""
+def layer_diagonal(
+    layer: FactoredLayer, signals: LayerSignals
+) -> tuple[Tensor | None, Tensor | None]:
+    """Σ_{n,c} (Σ_t g_nct ã_ntᵀ)² as (weight part (out, features) or None, bias part (out,) or None)."""
     a, g = signals.inputs, signals.grads  # (N, T, f), (C, N, T, out)
-    parts = []
+    weight = bias = None
     if layer.weight:
         if a.shape[1] == 1:
-            w = g[:, :, 0].square().sum(0).mT @ a[:, 0].square()
+            weight = g[:, :, 0].square().sum(0).mT @ a[:, 0].square()
         else:
-            w = a.new_zeros(layer.n_out, a.shape[-1])
-            per = max(1, COLUMN_SCALARS // max(1, g.shape[0] * layer.n_out * a.shape[-1]))
+            weight = a.new_zeros(layer.n_out, a.shape[-1])
+            item = g.shape[0] * layer.n_out * a.shape[-1] * a.element_size()
+            per = items_per_chunk(item, a.shape[0])
             for start in range(0, a.shape[0], per):
                 stop = start + per
                 grads = torch.einsum("cnto,nti->cnoi", g[:, start:stop], a[start:stop])
-                w += grads.square().sum((0, 1))
-        parts.append(w)
+                weight += grads.square().sum((0, 1))
     if layer.bias:
-        parts.append(g.sum(2).square().sum((0, 1)).unsqueeze(1))
-    return torch.cat(parts, 1).reshape(-1)
+        bias = g.sum(2).square().sum((0, 1))
+    return weight, bias
+
+
+def _add_layer_diagonal(total: Tensor, layer: FactoredLayer, signals: LayerSignals) -> None:
+    """total[θ of the layer] += its exact GGN diagonal, by slices of the flat vector."""
+    weight, bias = layer_diagonal(layer, signals)
+    if weight is not None and layer.w_offset is not None:
+        total[layer.w_offset : layer.w_offset + weight.numel()] += weight.reshape(-1)
+    if bias is not None and layer.b_offset is not None:
+        total[layer.b_offset : layer.b_offset + bias.numel()] += bias
 
 
 def per_example_columns(
@@ -67,12 +77,12 @@ def per_example_columns(
     names: Sequence[str],
     x: Inputs,
     s: Tensor,
-    max_scalars: int = COLUMN_SCALARS,
+    max_bytes: int | None = None,
 ) -> Iterator[Tensor]:
     """Blocks of J_nᵀ s_nc for the parameters ``names``: (examples, C, P_names), bounded in size.
 
     ``s`` holds the factor columns (N, O, C) at the current parameters; each block covers
-    as many examples as keep chunk·C·P under ``max_scalars`` (at least one).
+    as many examples as keep 2·chunk·C·P numbers under ``max_bytes`` (at least one).
     """
     fmodel = FunctionalModel(model, names)
     params = fmodel.params()
@@ -85,7 +95,7 @@ def per_example_columns(
         return torch.cat([c.reshape(c.shape[0], -1) for c in cols.values()], 1)
 
     n = s.shape[0]
-    chunk = max(1, min(n, max_scalars // max(1, s.shape[-1] * n_p)))
+    chunk = items_per_chunk(2 * s.shape[-1] * n_p * s.element_size(), n, max_bytes)
     for start in range(0, n, chunk):
         yield vmap(one)(slice_inputs(x, start, start + chunk), s[start : start + chunk])
 
@@ -124,12 +134,12 @@ def diagonal_ggn_pass(
         size = len(y) if chunk_size is None else chunk_size
         for start in range(0, len(y), size):
             piece = slice_inputs(x, start, start + size)
-            f, target, signals = backprop_batch(
+            f, target, chunks = backprop_batch(
                 fmodel, loss_fn, layers, piece, y[start : start + size], shared="concat"
             )
-            for la in layers:
-                diag = layer_diagonal(la, signals[la.name]).reshape(1, la.n_out, la.d)
-                la.write(total[:, None], diag, add=True)
+            for signals in chunks:
+                for la in layers:
+                    _add_layer_diagonal(total, la, signals.pop(la.name))
             if rest:
                 s = loss_fn.hessian_sqrt(f, target)
                 acc = f.new_zeros(len(rest_index))

@@ -122,12 +122,12 @@ class DataJacobian(LinearOperator):
         def jv(t: dict[str, Tensor]) -> Tensor:
             return jvp(fn, (self.params,), (t,))[1]
 
-        return vmap(jv, chunk_size=self.chunk_size)(unflatten(V.T, self.params)).T
+        return vmap(jv, chunk_size=self.columns_per_chunk)(unflatten(V.T, self.params)).T
 
     def batch_rmatmat(self, index: int | Batch, U: Tensor) -> Tensor:
         """J_bᵀ U for batch ``index`` (or an (x, y) batch itself): (rows_b, k) -> (P, k)."""
         _, vjp_fn = vjp(self._function(index), self.params)
-        out = vmap(vjp_fn, chunk_size=self.chunk_size)(U.T)[0]
+        out = vmap(vjp_fn, chunk_size=self.columns_per_chunk)(U.T)[0]
         return _flatten_rows(out, U.shape[1]).T
 
     def batch_gram(self, index: int, max_bytes: int = 2**28) -> Tensor:

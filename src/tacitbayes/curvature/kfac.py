@@ -67,21 +67,29 @@ CONV_APPROX = ("expand", "reduce")
 _NO_DATA = object()  # from_factors: build the layer structure without a data pass
 
 
-def _input_moment(layer: FactoredLayer, a: Tensor, reduce: bool) -> tuple[Tensor, int]:
-    """Σ_r ã_r ã_rᵀ over rows r (locations, or per-example location means) and the row count.
+def _add_input_moment(layer: FactoredLayer, a: Tensor, reduce: bool, m: Tensor) -> int:
+    """m += Σ_r ã_r ã_rᵀ over rows r (locations, or per-example location means); the row count.
 
     ã = [a, 1] is never formed: the bias row/column is Σ_r a_r and the corner the count.
+    The sum is added in place (no d×d temporary).
     """
     rows = a.mean(1) if reduce else a.reshape(-1, a.shape[-1])
-    m = rows.new_zeros(layer.d, layer.d)
     f = layer.d - int(layer.bias)
     if layer.weight:
-        m[:f, :f] = rows.mT @ rows
+        m[:f, :f].addmm_(rows.mT, rows)
     if layer.bias:
         if layer.weight:
-            m[:f, f] = m[f, :f] = rows.sum(0)
-        m[f, f] = rows.shape[0]
-    return m, int(rows.shape[0])
+            total = rows.sum(0)
+            m[:f, f] += total
+            m[f, :f] += total
+        m[f, f] += rows.shape[0]
+    return int(rows.shape[0])
+
+
+def _symmetrize_(m: Tensor, scale: float) -> Tensor:
+    """m ← scale · (m + mᵀ)/2 in place (one transposed copy as the only temporary)."""
+    upper = m.mT.clone()
+    return m.add_(upper).mul_(0.5 * scale)
 
 
 def _as_data(data: Any) -> Iterable[Any]:
@@ -199,10 +207,12 @@ class KFAC(LinearOperator):
         n_total, loss_sum = 0, 0.0
         self.n_outputs = 0
         for x, y in iter_batches(data, self.device, self.dtype):
-            f, y, signals = backprop_batch(self.fmodel, self.loss, self._layers, x, y)
+            f, y, chunks = backprop_batch(self.fmodel, self.loss, self._layers, x, y)
             loss_sum += float(self.loss.value(f, y).sum())
-            for la in self._layers:
-                count[la.name] += self._accumulate(la, signals[la.name], a_sum, g_sum)
+            for i, signals in enumerate(chunks):
+                for la in self._layers:
+                    rows = self._accumulate(la, signals[la.name], a_sum, g_sum, inputs=i == 0)
+                    count[la.name] += rows
             if self._rest:
                 self._accumulate_diagonal(x, self.loss.hessian_sqrt(f, y), d_sum)
             n_total, self.n_outputs = n_total + int(f.shape[0]), int(f.shape[1])
@@ -212,10 +222,9 @@ class KFAC(LinearOperator):
         scale_g = 1.0 / n_total if self.reduction == "mean" else 1.0
         self.diagonals = {k: v * scale_g for k, v in d_sum.items()}
         out = {}
-        for name in a_sum:
-            A = a_sum[name] / count[name]
-            G = g_sum[name] * scale_g
-            out[name] = (0.5 * (A + A.mT), 0.5 * (G + G.mT))
+        for name in list(a_sum):
+            A = _symmetrize_(a_sum.pop(name), 1.0 / count[name])
+            out[name] = (A, _symmetrize_(g_sum.pop(name), scale_g))
         return out
 
     def _accumulate(
@@ -224,15 +233,17 @@ class KFAC(LinearOperator):
         signals: LayerSignals,
         a_sum: dict[str, Tensor],
         g_sum: dict[str, Tensor],
+        inputs: bool = True,
     ) -> int:
-        """Add one batch's Σ ããᵀ and Σ ggᵀ of a layer; return its number of input rows."""
+        """Add a chunk's Σ ggᵀ of a layer (and, if ``inputs``, the batch's Σ ããᵀ); its input rows."""
         reduce = self.conv_approx == "reduce"
-        m, rows_a = _input_moment(layer, signals.inputs, reduce)
-        a_sum[layer.name] += m
+        rows_a = 0
+        if inputs:
+            rows_a = _add_input_moment(layer, signals.inputs, reduce, a_sum[layer.name])
         g = signals.grads  # (C, N, T, out)
         rows = g.sum(2) if reduce else g
         rows = rows.reshape(-1, g.shape[-1])
-        g_sum[layer.name] += rows.mT @ rows
+        g_sum[layer.name].addmm_(rows.mT, rows)
         return rows_a
 
     def _accumulate_diagonal(self, x: Any, s: Tensor, d_sum: dict[str, Tensor]) -> None:

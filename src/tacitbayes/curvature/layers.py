@@ -11,7 +11,7 @@ diagonal are both built from these signals, at the cost of one such pass per bat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tacitbayes.batches import Inputs, n_examples
+from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.losses import Loss
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
@@ -206,7 +207,7 @@ def _out_locations(layer: FactoredLayer, g: Tensor) -> Tensor:
 
 @dataclass
 class LayerSignals:
-    """One layer's inputs ã (N, T, features) and backpropagated columns g (C, N, T, out)."""
+    """One layer's inputs ã (N, T, features) and backpropagated columns g (C', N, T, out)."""
 
     inputs: Tensor
     grads: Tensor
@@ -219,12 +220,16 @@ def backprop_batch(
     x: Inputs,
     y: Tensor,
     shared: str = "raise",
-) -> tuple[Tensor, Tensor, dict[str, LayerSignals]]:
-    """One forward pass and the C backward passes of S = ∂²ℓ/∂f² factor columns, batched.
+    max_bytes: int | None = None,
+) -> tuple[Tensor, Tensor, Iterator[dict[str, LayerSignals]]]:
+    """One forward pass, then the backward passes of the columns of S (Λ = S Sᵀ), batched.
 
-    Returns the outputs f (N, O), the prepared targets and, per layer, its signals.
-    ``shared="raise"`` refuses a layer called twice in one forward pass; ``"concat"``
-    stacks its calls as extra locations (exact for per-example gradients).
+    Returns the outputs f (N, O), the prepared targets, and an iterator over chunks of
+    the C columns: per chunk, every layer's signals (its columns g in that chunk). A
+    chunk holds as many columns as keep the backpropagated signals under ``max_bytes``
+    (:mod:`tacitbayes.budget`). ``shared="raise"`` refuses a layer called twice in one
+    forward pass; ``"concat"`` stacks its calls as extra locations (exact for
+    per-example gradients).
     """
     n = n_examples(x)
     calls: dict[str, list[tuple[Tensor, Tensor]]] = {la.name: [] for la in layers}
@@ -254,7 +259,7 @@ def backprop_batch(
     if missing:
         raise InputError(
             f"layer(s) {missing} were not called as modules in the forward pass "
-            "(their inputs are read with forward hooks)"
+            "(their inputs are read with forward hooks; exclude them with param_names)"
         )
     if f.ndim != 2 or f.shape[0] != n:
         raise InputError(
@@ -263,10 +268,37 @@ def backprop_batch(
     y = loss.prepare_target(y, n, int(f.shape[1]), f.dtype)
     s = loss.hessian_sqrt(f.detach(), y).movedim(-1, 0)  # (C, N, O)
     zs = [z for la in layers for _, z in calls[la.name]]
+    per_column = 2 * sum(z.numel() for z in zs) * z_itemsize(zs)
+    step = items_per_chunk(per_column, s.shape[0], max_bytes)
+
+    def chunks() -> Iterator[dict[str, LayerSignals]]:
+        for start in range(0, s.shape[0], step):
+            cols = s[start : start + step]
+            yield _signals(layers, calls, f, zs, cols, n)
+
+    return f.detach(), y, chunks()
+
+
+def z_itemsize(zs: list[Tensor]) -> int:
+    """Bytes per element of the layer outputs (8 when there are none)."""
+    return zs[0].element_size() if zs else 8
+
+
+def _signals(
+    layers: list[FactoredLayer],
+    calls: dict[str, list[tuple[Tensor, Tensor]]],
+    f: Tensor,
+    zs: list[Tensor],
+    cols: Tensor,
+    n: int,
+) -> dict[str, LayerSignals]:
+    """Backpropagate the columns ``cols`` (C', N, O) of S to every layer output, batched."""
     grads: list[Tensor | None] = [None] * len(zs)
     if zs and f.requires_grad:
         grads = list(
-            torch.autograd.grad(f, zs, s, is_grads_batched=True, allow_unused=True)  # type: ignore[arg-type]
+            torch.autograd.grad(
+                f, zs, cols, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
         )
     signals: dict[str, LayerSignals] = {}
     k = 0
@@ -275,12 +307,10 @@ def backprop_batch(
         for a, z in calls[la.name]:
             g = grads[k]
             k += 1
-            g = (
-                torch.zeros((s.shape[0], *z.shape), dtype=z.dtype, device=z.device)
-                if g is None
-                else g
-            )
-            outs.append(_out_locations(la, g.flatten(0, 1)).unflatten(0, (s.shape[0], n)))
+            if g is None:
+                g = torch.zeros((cols.shape[0], *z.shape), dtype=z.dtype, device=z.device)
+            outs.append(_out_locations(la, g.flatten(0, 1)).unflatten(0, (cols.shape[0], n)))
             ins.append(a)
-        signals[la.name] = LayerSignals(torch.cat(ins, 1), torch.cat(outs, 2))
-    return f.detach(), y, signals
+        inputs = ins[0] if len(ins) == 1 else torch.cat(ins, 1)
+        signals[la.name] = LayerSignals(inputs, outs[0] if len(outs) == 1 else torch.cat(outs, 2))
+    return signals

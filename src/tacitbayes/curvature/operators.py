@@ -18,7 +18,8 @@ Conventions:
   batches.
 * ``op @ v`` takes a vector (P,) or a block (P, k) and returns the same kind.  Blocks are
   processed with ``torch.func.vmap`` over the k columns, ``chunk_size`` columns at a time
-  (``None``: all at once), which bounds memory.
+  (``None``: as many as the working budget of :mod:`tacitbayes.budget` allows, 4·P
+  numbers per column), which bounds memory.
 
 No method builds a P×P matrix or a full (N·O)×P Jacobian except ``to_dense()``.
 """
@@ -41,6 +42,7 @@ from tacitbayes.batches import (
     n_examples,
     read_batch,
 )
+from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.columns import exact_ggn_diagonal
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.errors import InputError
@@ -70,6 +72,20 @@ class LinearOperator:
         self.symmetric = symmetric
 
     # Subclasses implement _matvec / _matmat (and _rmatvec / _rmatmat if they have a transpose).
+    chunk_size: int | None = None
+
+    @property
+    def columns_per_chunk(self) -> int:
+        """Columns of a block vmapped at once: ``chunk_size``, else the working budget's share.
+
+        Default: as many as keep 4·P numbers per column under
+        :data:`tacitbayes.budget.WORKING_BYTES` (at least one).
+        """
+        if self.chunk_size is not None:
+            return self.chunk_size
+        itemsize = torch.finfo(self.dtype).bits // 8
+        return items_per_chunk(4 * self.shape[1] * itemsize, 2**31)
+
     def _matvec(self, v: Tensor) -> Tensor:
         return self._matmat(v.unsqueeze(1)).squeeze(1)
 
@@ -243,7 +259,7 @@ class Jacobian(LinearOperator):
 
     def _matmat(self, v: Tensor) -> Tensor:
         tangents = unflatten(v.T, self.params)
-        return vmap(self._jv, chunk_size=self.chunk_size)(tangents).T
+        return vmap(self._jv, chunk_size=self.columns_per_chunk)(tangents).T
 
     def _rmatvec(self, u: Tensor) -> Tensor:
         _, vjp_fn = vjp(self._fn, self.params)
@@ -251,7 +267,7 @@ class Jacobian(LinearOperator):
 
     def _rmatmat(self, u: Tensor) -> Tensor:
         _, vjp_fn = vjp(self._fn, self.params)
-        out = vmap(vjp_fn, chunk_size=self.chunk_size)(u.T)[0]
+        out = vmap(vjp_fn, chunk_size=self.columns_per_chunk)(u.T)[0]
         return _flatten_rows(out, u.shape[1]).T
 
 
@@ -360,12 +376,12 @@ class GGN(_LossCurvature):
         if batched:  # one VJP graph; the k JVPs are vmapped (chunked) over the columns
             f, vjp_fn = vjp(fn, self.params)
             one = lambda t: jvp(fn, (self.params,), (t,))[1]  # noqa: E731
-            jvs = vmap(one, chunk_size=self.chunk_size)(tangents)
+            jvs = vmap(one, chunk_size=self.columns_per_chunk)(tangents)
         else:  # one forward pass carries f and J v (J v as a non-differentiated aux output),
             # so the VJP back-propagates through the primal graph only: forward + JVP + VJP.
             f, vjp_fn, jvs = vjp(lambda p: jvp(fn, (p,), (tangents,)), self.params, has_aux=True)
         hjvs = self.loss.hessian_matvec(f, y, jvs)
-        out = _maybe_vmap(vjp_fn, batched, self.chunk_size)(hjvs)[0]
+        out = _maybe_vmap(vjp_fn, batched, self.columns_per_chunk)(hjvs)[0]
         return _flatten_rows(out, hjvs.shape[0]) if batched else flatten(out)
 
     def diagonal(self, chunk_size: int | None = None) -> Tensor:
@@ -493,7 +509,7 @@ class Hessian(_LossCurvature):
         tangents = unflatten(v.T if batched else v, self.params)
         total: Tensor | None = None
         for vjp_fn in self._graphs[1]:
-            out = _maybe_vmap(vjp_fn, batched, self.chunk_size)(tangents)[0]
+            out = _maybe_vmap(vjp_fn, batched, self.columns_per_chunk)(tangents)[0]
             part = _flatten_rows(out, v.shape[1]) if batched else flatten(out)
             total = part if total is None else total.add_(part)
         assert total is not None
@@ -505,10 +521,10 @@ class Hessian(_LossCurvature):
         g = grad(self._batch_loss(x, y))
         if self.mode == "reverse-over-reverse":
             _, vjp_fn = vjp(g, self.params)
-            out = _maybe_vmap(vjp_fn, batched, self.chunk_size)(tangents)[0]
+            out = _maybe_vmap(vjp_fn, batched, self.columns_per_chunk)(tangents)[0]
         else:
             hv = lambda t: jvp(g, (self.params,), (t,))[1]  # noqa: E731
-            out = _maybe_vmap(hv, batched, self.chunk_size)(tangents)
+            out = _maybe_vmap(hv, batched, self.columns_per_chunk)(tangents)
         if batched:
             return _flatten_rows(out, next(iter(tangents.values())).shape[0])
         return flatten(out)

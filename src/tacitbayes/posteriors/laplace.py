@@ -164,7 +164,7 @@ class Laplace:
         ratio = 1.0 if n_data is None else _positive_int("n_data", n_data) / n_seen
         curv.scale = ratio / self.sigma_noise**2
         self._curv = curv
-        self.mean = flatten(self._fmodel.params()).clone()
+        self.mean = flatten(self._fmodel.params())  # a new tensor: θ* as fitted
         self.n_data = n_seen if n_data is None else int(n_data)
         self.n_outputs = curv.n_outputs
         self.loss_sum = torch.tensor(curv.loss_sum * ratio, dtype=self.dtype, device=self.device)

@@ -121,7 +121,8 @@ class DiagonalCurvature(_Scaled):
                 f"diagonal of shape {tuple(diagonal.shape)} does not fit "
                 f"{int(group_sizes.sum())} parameters"
             )
-        self.diagonal = diagonal.clamp_min(0)
+        negative = bool((diagonal < 0).any())  # a GGN diagonal is ≥ 0 up to rounding
+        self.diagonal = diagonal.clamp_min(0) if negative else diagonal
         self.scale = scale
         self.groups, self.group_sizes = groups, group_sizes
 
