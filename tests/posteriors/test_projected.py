@@ -291,3 +291,19 @@ def test_validation_tuning_and_bad_inputs() -> None:
         post.optimize_prior_precision("magic")
     with pytest.raises(InputError, match="val_loader"):
         post.optimize_prior_precision("validation")
+
+
+@pytest.mark.parametrize("solver", ["gram", "nystrom"])
+def test_kernel_factors_split_under_a_small_working_budget(
+    solver: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tacitbayes.budget
+
+    model, x, y = _problem(10)
+    proj = _dense_projector(model, x)
+    monkeypatch.setattr(tacitbayes.budget, "WORKING_BYTES", 1)  # one example per piece
+    post = ProjectedPosterior(model, solver=solver, tol=1e-9, nystrom_rank=12)
+    post.fit(_loader(x, y))
+    projected = post.projected_noise(3)
+    eps = post._eps[:, :3]
+    assert torch.allclose(projected, proj @ eps, atol=1e-6)

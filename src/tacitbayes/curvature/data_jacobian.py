@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from tacitbayes.batches import Batch, check_loader, n_examples, read_batch, to_model
+from tacitbayes.batches import Batch, check_loader, map_inputs, n_examples, read_batch, to_model
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.curvature.operators import (
     Data,
@@ -58,6 +58,7 @@ class DataJacobian(LinearOperator):
         self._cache: list[Batch] | None = [] if cache else None
         self.batch_rows: list[int] = []
         n_outputs = None
+        first_example: Batch | None = None
         for batch in self.data:
             x, y = self._prepare(batch)
             with torch.no_grad():
@@ -71,10 +72,14 @@ class DataJacobian(LinearOperator):
             n_outputs = int(out.shape[1])
             self.loss.prepare_target(y, n_examples(x), n_outputs, self._dtype)  # validates
             self.batch_rows.append(n_examples(x))
+            if first_example is None:  # kept for size estimates (one example, no extra pass)
+                one = map_inputs(lambda t: t[:1].clone(), x)  # a copy: the batch is freed
+                first_example = Batch(one, y[:1].clone())
             if self._cache is not None:
                 self._cache.append((x, y))
-        if n_outputs is None:
+        if n_outputs is None or first_example is None:
             raise InputError("data holds no batch")
+        self.first_example: Batch = first_example
         self.network_outputs = n_outputs
         self.n_outputs = 1 if outputs == "loss" else n_outputs
         self.n_data = sum(self.batch_rows)

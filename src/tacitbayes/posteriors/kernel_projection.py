@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tacitbayes.batches import map_inputs
+from tacitbayes.batches import Inputs, map_inputs, slice_inputs
+from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
 from tacitbayes.errors import InputError
@@ -46,8 +47,34 @@ __all__ = [
 JITTER = 1e-10
 
 
-def iter_factors(jac: DataJacobian, indices: Tensor | None = None) -> Iterator[KernelFactors]:
-    """Kernel factors batch by batch, streamed (or of the examples at sorted ``indices`` only)."""
+def _factors(jac: DataJacobian, x: Inputs, y: Tensor) -> KernelFactors:
+    return kernel_factors(
+        jac.fmodel.module,
+        x,
+        y,
+        outputs=jac.outputs,
+        loss=jac.loss_name,
+        param_names=list(jac.params),
+        max_explicit_bytes=2**62,  # the pieces are sized by factor_bytes_per_example
+    )
+
+
+def factor_bytes_per_example(jac: DataJacobian) -> int:
+    """Bytes of the kernel factors of one training example (measured on the first one)."""
+    x, y = jac.first_example
+    target = jac.loss.prepare_target(y, 1, jac.network_outputs, jac.dtype)
+    return _factors(jac, x, target).nbytes()
+
+
+def iter_factors(
+    jac: DataJacobian, indices: Tensor | None = None, max_bytes: int | None = None
+) -> Iterator[KernelFactors]:
+    """Kernel factors batch by batch, streamed (or of the examples at sorted ``indices`` only).
+
+    A batch whose factors would exceed ``max_bytes`` (default: the working budget of
+    :mod:`tacitbayes.budget`) is split into consecutive pieces; rows keep their order.
+    """
+    per_example = factor_bytes_per_example(jac)
     start = 0
     for x, y in jac.iter_batches():
         n = len(y)
@@ -57,14 +84,9 @@ def iter_factors(jac: DataJacobian, indices: Tensor | None = None) -> Iterator[K
             if len(local) == 0:
                 continue
             x, y = map_inputs(lambda t, rows=local: t[rows], x), y[local]
-        yield kernel_factors(
-            jac.fmodel.module,
-            x,
-            y,
-            outputs=jac.outputs,
-            loss=jac.loss_name,
-            param_names=list(jac.params),
-        )
+        step = items_per_chunk(per_example, len(y), max_bytes)
+        for lo in range(0, len(y), step):
+            yield _factors(jac, slice_inputs(x, lo, lo + step), y[lo : lo + step])
 
 
 def jacobian_factors(jac: DataJacobian, indices: Tensor | None = None) -> list[KernelFactors]:

@@ -38,6 +38,7 @@ from tacitbayes.functional import FunctionalModel
 from tacitbayes.posteriors.kernel_projection import (
     GramSolver,
     NystromPreconditioner,
+    factor_bytes_per_example,
     gram_projection,
     jacobian_factors,
     nystrom_preconditioner,
@@ -218,12 +219,10 @@ class ProjectedPosterior:
 
         Over budget: ``auto`` falls back to ``nystrom`` (None); an explicit ``gram`` raises.
         """
-        need = 2 * 8 * rows * rows
-        factors = jacobian_factors(self._fitted()) if need <= self.memory_budget else None
-        if factors is not None:
-            need += sum(f.nbytes() for f in factors)
+        jac = self._fitted()
+        need = 2 * 8 * rows * rows + factor_bytes_per_example(jac) * jac.n_data
         if need <= self.memory_budget:
-            return factors
+            return jacobian_factors(jac)
         if self.solver == "auto":
             self.solver_used = "nystrom"
             return None
