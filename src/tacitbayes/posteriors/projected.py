@@ -200,7 +200,14 @@ class ProjectedPosterior:
         if self.solver_used == "gram" and self._factors is not None:
             self._gram = GramSolver(ntk_cross(self._factors, self._factors))
         if self.solver_used == "nystrom":
-            rank = min(self.nystrom_rank, max(1, self.memory_budget // (3 * 8 * rows)))
+            # the kernel columns (rows × rank) and the landmarks' factors share the budget
+            landmarks = (self.memory_budget // 2) // factor_bytes_per_example(self._jac)
+            rank = min(
+                self.nystrom_rank,
+                self.memory_budget // (6 * 8 * rows),
+                landmarks * self._jac.n_outputs,
+            )
+            rank = max(1, rank)
             gen = torch.Generator().manual_seed(self.seed)
             self._nystrom = nystrom_preconditioner(self._jac, rank, gen)
         if self.solver_used == "alternating":
