@@ -2,10 +2,9 @@
 
 Each fits the GGN of the summed cross-entropy at the MAP weights (:class:`tacitbayes.Laplace`
 with structure "diag", "kron" or "last_layer"), starting from the prior precision
-δ₀ = N·wd that the MAP training's coupled weight decay wd implies for the sum loss. The
-exact GGN diagonal costs one backward pass per example and class (``curvature.ggn_diagonal``),
-so "diag" uses a seeded subset of at most ``diag_max_train`` training examples and rescales
-the curvature by N/n; "kron" and "last_layer" use the full training set (``max_train``).
+δ₀ = N·wd that the MAP training's coupled weight decay wd implies for the sum loss. Every
+structure reads the full training set once (the exact GGN diagonal costs one KFAC pass);
+``max_train`` caps it at a seeded subset, the curvature then rescaled by N/n.
 
 Prior precision (a scalar δ): first the maximiser of the Laplace evidence ("marglik"); with
 ``tuning="validation"`` then the δ of the grid δ_marglik·10^[−3, 3] (half decades, so it holds
@@ -48,7 +47,6 @@ class LaplaceSettings:
 
     tuning: str = "validation"
     prior_structure: str = "scalar"
-    diag_max_train: int | None = 2000
     max_train: int | None = None
     batch_size: int = 256
     linearized: bool = True
@@ -101,8 +99,7 @@ def fit_laplace(ctx: FitContext, structure: str) -> Predictor:
     if ctx.train_config.loss != "cross_entropy":
         raise InputError("the Laplace methods need a MAP network trained with cross_entropy")
     n_train = len(ctx.data.train)
-    limit = s.diag_max_train if structure == "diag" else s.max_train
-    subset = _subset(ctx.data.train, limit, ctx.seed)
+    subset = _subset(ctx.data.train, s.max_train, ctx.seed)
     wd = ctx.train_config.weight_decay
     delta0 = n_train * wd if wd > 0 else 1.0
     la = Laplace(ctx.model, "classification", structure, prior_precision=delta0, seed=ctx.seed)
@@ -148,7 +145,7 @@ def fit_laplace(ctx: FitContext, structure: str) -> Predictor:
 
 @register_method("laplace_diag")
 def fit_laplace_diag(ctx: FitContext) -> Predictor:
-    """Diagonal Laplace: exact GGN diagonal (on at most ``diag_max_train`` examples)."""
+    """Diagonal Laplace: the exact GGN diagonal over every training example."""
     return fit_laplace(ctx, "diag")
 
 
