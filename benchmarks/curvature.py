@@ -13,7 +13,21 @@ a timed run of exactly that length), for 5 random starts; medians reported.
 for both methods (relative Ritz residual ‖Av − λv‖ ≤ 1e-3·|λ|), as a user would run them. Timings are medians of
 interleaved repeats in one run. Prints one JSON object.
 
-    .venv/bin/python benchmarks/curvature.py [--repeats 15]
+``retained_graph`` (MLP only): the time of one Hessian-vector product on the fixed batch
+of 256 by ``tb.curvature.Hessian`` (its default for a single batch, which keeps the
+first-order graph, and with ``cache_graph=False``) divided by that of autograd's double
+backward through a retained first-order graph, as PyHessian computes it: ``g =
+autograd.grad(L, θ, create_graph=True)`` once, then ``autograd.grad(g, θ, grad_outputs=v,
+retain_graph=True)`` per product (target: at most 1; ``pyhessian_vector`` also concatenates
+that product into one (P,) vector, the form our operator returns); the one-off cost of the
+first product (graph building included) for both; and the total time of Lanczos
+(``top_eigenvalues``, tol 1e-3) against PyHessian's power iteration on its retained graph
+(its stopping rule: relative change of the eigenvalue < 1e-3), both capped at 100 products
+and started from a built graph, for 5 random starts (medians; errors against a tightly
+converged reference).  ``--retained-only`` runs this part alone (under a minute on 2 idle
+cores).
+
+    .venv/bin/python benchmarks/curvature.py [--repeats 15] [--retained-only]
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import torch
 import tacitbayes as tb
 from tacitbayes.curvature import GGN, Hessian, power_iteration, top_eigenvalues
 from tacitbayes.data import load_dataset
+from tacitbayes.functional import eval_mode
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
 
@@ -72,10 +87,129 @@ def _power_to_accuracy(
     return max_iters, estimate
 
 
-def bench_model(name: str, data, repeats: int) -> dict:
+def _pyhessian_power(
+    params: list[torch.Tensor], grads: tuple, seed: int, tol: float = 1e-3, max_iters: int = 100
+) -> tuple[float, int]:
+    """PyHessian's top eigenvalue: power iteration by double backward through the retained
+    graph of ``grads``, stopped when |λ_i − λ_{i−1}| / (|λ_{i−1}| + 1e-6) < tol."""
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    norm = torch.sqrt(sum((t * t).sum() for t in v))
+    v = [t / (norm + 1e-6) for t in v]
+    eigenvalue = None
+    for it in range(1, max_iters + 1):
+        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+        estimate = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))
+        norm = torch.sqrt(sum((t * t).sum() for t in hv))
+        v = [t / (norm + 1e-6) for t in hv]
+        if eigenvalue is not None and abs(eigenvalue - estimate) / (abs(eigenvalue) + 1e-6) < tol:
+            return estimate, it
+        eigenvalue = estimate
+    return eigenvalue, max_iters
+
+
+def bench_retained_graph(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int
+) -> dict:
+    """Hessian-vector products and top eigenvalue: ours against PyHessian's retained graph."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    ours = Hessian(model, "cross_entropy", (x, y))  # one batch: keeps the first-order graph
+    plain = Hessian(model, "cross_entropy", (x, y), cache_graph=False)
+    v = torch.randn(ours.shape[0], generator=torch.Generator().manual_seed(0))
+    sizes = [p.numel() for p in params]
+    v_list = [t.view_as(p) for t, p in zip(v.split(sizes), params, strict=True)]
+
+    def first_grads() -> tuple:
+        with eval_mode(model):  # PyHessian evaluates the model in eval mode
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        return torch.autograd.grad(loss, params, create_graph=True)
+
+    grads = first_grads()
+
+    def pyhessian() -> tuple:
+        return torch.autograd.grad(grads, params, grad_outputs=v_list, retain_graph=True)
+
+    def pyhessian_vector() -> torch.Tensor:  # the same product as one (P,) vector, as ours returns
+        return torch.cat([t.reshape(-1) for t in pyhessian()])
+
+    def pyhessian_first() -> tuple:
+        g = first_grads()
+        return torch.autograd.grad(g, params, grad_outputs=v_list, retain_graph=True)
+
+    def ours_first() -> torch.Tensor:
+        ours.clear_cache()
+        return ours @ v
+
+    reference_hv = pyhessian_vector()
+    agreement = {
+        name: float((out - reference_hv).norm() / reference_hv.norm())
+        for name, out in (("cached", ours @ v), ("uncached", plain @ v))
+    }
+    for fn in (pyhessian, pyhessian_vector, lambda: ours @ v, lambda: plain @ v):
+        fn()  # warm-up
+    t = _interleaved(
+        {
+            "pyhessian": pyhessian,
+            "pyhessian_vector": pyhessian_vector,
+            "ours_cached": lambda: ours @ v,
+            "ours_uncached": lambda: plain @ v,
+        },
+        3 * repeats,
+    )
+    first = _interleaved({"pyhessian": pyhessian_first, "ours": ours_first}, repeats)
+
+    ours @ v  # the graph is built; Lanczos and power iteration below start from built graphs
+    reference = float(top_eigenvalues(ours, k=1, tol=1e-10, max_iters=100, seed=100).eigenvalues[0])
+    lanczos, power = [], []
+    for seed in range(5):
+        start = time.perf_counter()
+        res = top_eigenvalues(ours, k=1, tol=1e-3, max_iters=100, seed=seed)
+        elapsed = time.perf_counter() - start
+        lanczos.append((elapsed, res.n_matvecs, abs(float(res.eigenvalues[0]) / reference - 1)))
+        start = time.perf_counter()
+        value, iters = _pyhessian_power(params, grads, seed)
+        elapsed = time.perf_counter() - start
+        power.append((elapsed, iters, abs(value / reference - 1)))
+    lanczos_s = statistics.median(e for e, _, _ in lanczos)
+    power_s = statistics.median(e for e, _, _ in power)
+    return {
+        "hvp": {
+            "pyhessian_seconds": t["pyhessian"],
+            "ours_cached_seconds": t["ours_cached"],
+            "ours_uncached_seconds": t["ours_uncached"],
+            "ours_cached_over_pyhessian": t["ours_cached"] / t["pyhessian"],
+            "ours_uncached_over_pyhessian": t["ours_uncached"] / t["pyhessian"],
+            "pyhessian_vector_seconds": t["pyhessian_vector"],
+            "ours_cached_over_pyhessian_vector": t["ours_cached"] / t["pyhessian_vector"],
+            "relative_difference_to_pyhessian": agreement,
+        },
+        "first_product": {
+            "pyhessian_seconds": first["pyhessian"],
+            "ours_seconds": first["ours"],
+            "ours_over_pyhessian": first["ours"] / first["pyhessian"],
+        },
+        "top_eigenvalue": {
+            "reference": reference,
+            "lanczos_seconds": lanczos_s,
+            "pyhessian_power_seconds": power_s,
+            "lanczos_over_pyhessian_power": lanczos_s / power_s,
+            "lanczos_matvecs": [m for _, m, _ in lanczos],
+            "pyhessian_power_matvecs": [m for _, m, _ in power],
+            "lanczos_max_relative_error": max(e for _, _, e in lanczos),
+            "pyhessian_power_max_relative_error": max(e for _, _, e in power),
+        },
+    }
+
+
+def _trained(name: str, data) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(name, data.input_shape, data.n_classes)
     train_map(model, data.train, TrainConfig(epochs=1, progress=False))
+    return model
+
+
+def bench_model(name: str, data, repeats: int) -> dict:
+    model = _trained(name, data)
     x, y = data.train.tensors[0][:256], data.train.tensors[1][:256]
     ggn = GGN(model, "cross_entropy", (x, y))
     hess = Hessian(model, "cross_entropy", (x, y))
@@ -129,6 +263,7 @@ def bench_model(name: str, data, repeats: int) -> dict:
         rule_power.append(
             (time.perf_counter() - start, pw.n_matvecs, abs(pw.eigenvalue / reference - 1))
         )
+    extra = {"retained_graph": bench_retained_graph(model, x, y, repeats)} if name == "mlp" else {}
     return {
         "n_params": sum(p.numel() for p in model.parameters()),
         "gradient_seconds": t["gradient"],
@@ -152,26 +287,40 @@ def bench_model(name: str, data, repeats: int) -> dict:
             "lanczos_max_relative_error": max(e for _, _, e in rule_lanczos),
             "power_max_relative_error": max(e for _, _, e in rule_power),
         },
+        **extra,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--retained-only", action="store_true", help="only the retained-graph comparison"
+    )
     args = parser.parse_args()
     data = load_dataset("fashion-mnist", n_train=4096, ood=False)
+    x, y = data.train.tensors[0][:256], data.train.tensors[1][:256]
     results = {
         "benchmark": "curvature",
         "tacitbayes": tb.__version__,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": 256,
-        "models": {name: bench_model(name, data, args.repeats) for name in ("mlp", "lenet")},
-        "targets": {
-            "ggn_over_gradient": 3.0,
-            "hvp_over_gradient": 4.0,
-            "lanczos_over_power": 1 / 3,
-        },
+    }
+    if args.retained_only:
+        model = _trained("mlp", data)
+        results["models"] = {
+            "mlp": {"retained_graph": bench_retained_graph(model, x, y, args.repeats)}
+        }
+    else:
+        results["models"] = {
+            name: bench_model(name, data, args.repeats) for name in ("mlp", "lenet")
+        }
+    results["targets"] = {
+        "ggn_over_gradient": 3.0,
+        "hvp_over_gradient": 4.0,
+        "lanczos_over_power": 1 / 3,
+        "ours_cached_over_pyhessian": 1.0,
     }
     print(json.dumps(results, indent=2))
 

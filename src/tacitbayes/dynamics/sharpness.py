@@ -158,6 +158,7 @@ class SharpnessTracker:
                 seed=self.seed + step + 1,
             )
             rec["preconditioned_sharpness"] = float(pre.eigenvalues[0])
+        self.op.clear_cache()  # the next record starts from new weights; free the graph now
         self.history.append(rec)
         return rec
 
