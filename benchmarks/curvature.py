@@ -38,6 +38,7 @@ import statistics
 import time
 
 import torch
+from _timing import interleaved
 
 import tacitbayes as tb
 from tacitbayes.curvature import GGN, Hessian, power_iteration, top_eigenvalues
@@ -54,16 +55,6 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -147,7 +138,7 @@ def bench_retained_graph(
     }
     for fn in (pyhessian, pyhessian_vector, lambda: ours @ v, lambda: plain @ v):
         fn()  # warm-up
-    t = _interleaved(
+    t = interleaved(
         {
             "pyhessian": pyhessian,
             "pyhessian_vector": pyhessian_vector,
@@ -156,7 +147,7 @@ def bench_retained_graph(
         },
         3 * repeats,
     )
-    first = _interleaved({"pyhessian": pyhessian_first, "ours": ours_first}, repeats)
+    first = interleaved({"pyhessian": pyhessian_first, "ours": ours_first}, repeats)
 
     ours @ v  # the graph is built; Lanczos and power iteration below start from built graphs
     reference = float(top_eigenvalues(ours, k=1, tol=1e-10, max_iters=100, seed=100).eigenvalues[0])
@@ -216,7 +207,7 @@ def bench_model(name: str, data, repeats: int) -> dict:
     v = torch.randn(ggn.shape[0])
     for fn in (lambda: _gradient(model, x, y), lambda: ggn @ v, lambda: hess @ v):
         fn()  # warm-up
-    t = _interleaved(
+    t = interleaved(
         {
             "gradient": lambda: _gradient(model, x, y),
             "ggn": lambda: ggn @ v,

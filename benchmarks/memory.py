@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from _timing import interleaved
 
 import tacitbayes as tb
 from tacitbayes.budget import WORKING_BYTES
@@ -116,13 +116,7 @@ def _time_part(repeats: int) -> dict:
         "kfac": lambda: tb.curvature.KFAC(model, "cross_entropy", loader, reduction="sum"),
         "diag": lambda: tb.curvature.ggn_diagonal(model, "cross_entropy", loader, reduction="sum"),
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved(fns, repeats)
     return {
         "model": "mlp 784-512-512-10",
         "n_images": n,
