@@ -460,7 +460,7 @@ class Hessian(_LossCurvature):
             raise InputError("cache_graph=True needs mode='reverse-over-reverse'")
         self.mode = mode
         self.cache_graph = cache_graph
-        self._graphs: tuple[list[tuple[Tensor, int]], list[Callable]] | None = None
+        self._graphs: tuple[list[tuple[Tensor, int]], list[Any]] | None = None
         super().__init__(model, loss, data, param_names, reduction, chunk_size)
 
     @property
@@ -484,8 +484,8 @@ class Hessian(_LossCurvature):
             tensors += _tensors_in(self.data)
         return _versions(tensors)
 
-    def _retain_graphs(self) -> list[Callable]:
-        """One reusable ``vjp_fn`` of ∇(scale · L_b) per batch, the 1/N of "mean" folded in."""
+    def _retain_graphs(self) -> list[tuple[tuple[Tensor, ...], list[Tensor]]]:
+        """Per batch the first-order graph ∇(scale · L_b) (with its leaves), "mean"'s 1/N folded in."""
         batches = list(self.batches())
         count = sum(int(y.shape[0]) for _, y in batches)
         if count == 0:
@@ -494,8 +494,11 @@ class Hessian(_LossCurvature):
         scale = 1.0 / count if self.reduction == "mean" else 1.0
         graphs = []
         for x, y in batches:
-            loss = self._batch_loss(x, y)
-            graphs.append(vjp(grad(lambda p, loss=loss: loss(p) * scale), self.params)[1])
+            leaves = {k: t.detach().requires_grad_(True) for k, t in self.params.items()}
+            with torch.enable_grad():
+                loss = self._batch_loss(x, y)(leaves) * scale
+                grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+            graphs.append((grads, list(leaves.values())))
         return graphs
 
     def _product(self, v: Tensor, batched: bool) -> Tensor:
@@ -506,14 +509,29 @@ class Hessian(_LossCurvature):
         if self._graphs is None or not _same_state(self._graphs[0], state):
             self._graphs = None  # free the stale graphs before building new ones
             self._graphs = (state, self._retain_graphs())
-        tangents = unflatten(v.T if batched else v, self.params)
+        sizes = [t.numel() for t in self.params.values()]
         total: Tensor | None = None
-        for vjp_fn in self._graphs[1]:
-            out = _maybe_vmap(vjp_fn, batched, self.columns_per_chunk)(tangents)[0]
-            part = _flatten_rows(out, v.shape[1]) if batched else flatten(out)
+        for grads, leaves in self._graphs[1]:
+            if batched:  # columns of v as a batch of cotangents, chunked
+                parts = []
+                for cols in v.T.split(self.columns_per_chunk):
+                    outs = [
+                        t.reshape(len(cols), *p.shape)
+                        for t, p in zip(cols.split(sizes, 1), leaves, strict=True)
+                    ]
+                    hv = torch.autograd.grad(
+                        grads, leaves, outs, retain_graph=True, is_grads_batched=True
+                    )
+                    parts.append(torch.cat([h.reshape(len(cols), -1) for h in hv], 1))
+                part = torch.cat(parts).T
+            else:
+                outs = [t.view_as(p) for t, p in zip(v.split(sizes), leaves, strict=True)]
+                hv = torch.autograd.grad(grads, leaves, outs, retain_graph=True)
+                part = torch.cat([h.reshape(-1) for h in hv])
             total = part if total is None else total.add_(part)
-        assert total is not None
-        return total.T if batched else total
+        if total is None:
+            raise InputError("data holds no batch")
+        return total
 
     def _batch_product(
         self, x: Inputs, y: Tensor, tangents: dict[str, Tensor], batched: bool
