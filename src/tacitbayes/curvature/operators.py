@@ -428,8 +428,8 @@ class Hessian(_LossCurvature):
     a gradient for a 784-512-512-10 MLP at batch 256).
 
     ``cache_graph`` (reverse-over-reverse only): keep the first-order graph of each batch,
-    ``_, vjp_fn = vjp(grad(L_b), θ)``, and answer later products by H v = Σ_b vjp_fn_b(v)
-    alone (one double backward, no forward or first backward: about half the cost, the
+    g_b = ``autograd.grad(L_b, θ, create_graph=True)``, and answer later products by
+    H v = Σ_b ``autograd.grad(g_b, θ, v)`` alone (one double backward, no forward or first backward: about half the cost, the
     same exact product).  ``None`` (default) caches when ``data`` is a single batch (or a
     one-element list); ``True`` caches every batch (memory: the activations of all of
     ``data``; the data are read once, so a loader that reshuffles or augments is frozen
