@@ -464,3 +464,22 @@ def test_working_budget_chunks_give_the_same_curvature(monkeypatch: pytest.Monke
     torch.testing.assert_close(K1.to_dense(), K.to_dense(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(ggn_diagonal(model, "cross_entropy", data, reduction="sum"), d)
     assert K1.loss_sum == pytest.approx(K.loss_sum) and K1.n_data == 6
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_monte_carlo_fisher_is_unbiased_and_seeded(loss: str) -> None:
+    model = make_model("cnn")
+    data = make_data("cnn", loss)
+    exact_d = ggn_diagonal(model, loss, data, reduction="sum")
+    mc_d = ggn_diagonal(model, loss, data, reduction="sum", mc_samples=20000, seed=3)
+    assert float((mc_d - exact_d).norm() / exact_d.norm()) < 0.03
+    again = ggn_diagonal(model, loss, data, reduction="sum", mc_samples=20000, seed=3)
+    torch.testing.assert_close(again, mc_d, rtol=0, atol=0)
+    exact = KFAC(model, loss, data, reduction="sum")
+    mc = KFAC(model, loss, data, reduction="sum", mc_samples=20000)
+    for name in exact.layers:
+        (A, G), (A_mc, G_mc) = exact.factors[name], mc.factors[name]
+        torch.testing.assert_close(A_mc, A)  # the input factor is exact
+        assert float((G_mc - G).norm() / G.norm()) < 0.03
+    with pytest.raises(InputError, match="mc_samples"):
+        KFAC(model, loss, data, mc_samples=0)

@@ -35,6 +35,8 @@ Conventions:
   and diagonal blocks in ``named_modules()`` order; a per-block δ follows that order.
 * The C backward passes of a batch run as one batched call (``is_grads_batched``); the
   loader is read once, and the summed loss Σ_n ℓ_n at θ* is recorded (``loss_sum``).
+* ``mc_samples = k`` replaces the C exact columns by k Monte Carlo columns of the Fisher
+  (sampled labels; E[S̃S̃ᵀ] = Λ), seeded by ``seed``: for outputs with many classes.
 """
 
 from __future__ import annotations
@@ -117,7 +119,14 @@ class KFAC(LinearOperator):
         reduction: str = "mean",
         param_names: str | Sequence[str] | None = None,
         conv_approx: str = "expand",
+        mc_samples: int | None = None,
+        seed: int = 0,
     ) -> None:
+        if mc_samples is not None and (
+            isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1
+        ):
+            raise InputError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
+        self.mc_samples, self.seed = mc_samples, int(seed)
         if reduction not in ("mean", "sum"):
             raise InputError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if conv_approx not in CONV_APPROX:
@@ -205,16 +214,25 @@ class KFAC(LinearOperator):
         d_sum = {k: torch.zeros(len(v), **kw) for k, v in self._diag_index.items()}
         count = dict.fromkeys(a_sum, 0)
         n_total, loss_sum = 0, 0.0
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
         self.n_outputs = 0
         for x, y in iter_batches(data, self.device, self.dtype):
-            f, y, chunks = backprop_batch(self.fmodel, self.loss, self._layers, x, y)
+            f, y, factor, chunks = backprop_batch(
+                self.fmodel,
+                self.loss,
+                self._layers,
+                x,
+                y,
+                mc_samples=self.mc_samples,
+                generator=gen,
+            )
             loss_sum += float(self.loss.value(f, y).sum())
             for i, signals in enumerate(chunks):
                 for la in self._layers:
                     rows = self._accumulate(la, signals[la.name], a_sum, g_sum, inputs=i == 0)
                     count[la.name] += rows
             if self._rest:
-                self._accumulate_diagonal(x, self.loss.hessian_sqrt(f, y), d_sum)
+                self._accumulate_diagonal(x, factor, d_sum)
             n_total, self.n_outputs = n_total + int(f.shape[0]), int(f.shape[1])
         if n_total == 0:
             raise InputError("data holds no example")

@@ -221,11 +221,15 @@ def backprop_batch(
     y: Tensor,
     shared: str = "raise",
     max_bytes: int | None = None,
-) -> tuple[Tensor, Tensor, Iterator[dict[str, LayerSignals]]]:
+    mc_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Iterator[dict[str, LayerSignals]]]:
     """One forward pass, then the backward passes of the columns of S (Λ = S Sᵀ), batched.
 
-    Returns the outputs f (N, O), the prepared targets, and an iterator over chunks of
-    the C columns: per chunk, every layer's signals (its columns g in that chunk). A
+    Returns the outputs f (N, O), the prepared targets, the factor S (N, O, C) and an
+    iterator over chunks of the C columns: per chunk, every layer's signals. With
+    ``mc_samples = k`` the factor is the Monte Carlo one of the Fisher (k sampled
+    columns, E[S̃S̃ᵀ] = Λ; for many classes), drawn with ``generator``. A
     chunk holds as many columns as keep the backpropagated signals under ``max_bytes``
     (:mod:`tacitbayes.budget`). ``shared="raise"`` refuses a layer called twice in one
     forward pass; ``"concat"`` stacks its calls as extra locations (exact for
@@ -266,7 +270,13 @@ def backprop_batch(
             f"the model must map a batch to outputs of shape (N, O), got {tuple(f.shape)}"
         )
     y = loss.prepare_target(y, n, int(f.shape[1]), f.dtype)
-    s = loss.hessian_sqrt(f.detach(), y).movedim(-1, 0)  # (C, N, O)
+    if mc_samples is None:
+        factor = loss.hessian_sqrt(f.detach(), y)
+    else:
+        if generator is None:
+            generator = torch.Generator(device=f.device).manual_seed(0)
+        factor = loss.sampled_sqrt(f.detach(), mc_samples, generator)
+    s = factor.movedim(-1, 0)  # (C, N, O)
     zs = [z for la in layers for _, z in calls[la.name]]
     per_column = 2 * sum(z.numel() for z in zs) * z_itemsize(zs)
     step = items_per_chunk(per_column, s.shape[0], max_bytes)
@@ -276,7 +286,7 @@ def backprop_batch(
             cols = s[start : start + step]
             yield _signals(layers, calls, f, zs, cols, n)
 
-    return f.detach(), y, chunks()
+    return f.detach(), y, factor, chunks()
 
 
 def z_itemsize(zs: list[Tensor]) -> int:

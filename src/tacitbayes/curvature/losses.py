@@ -56,6 +56,10 @@ class Loss(ABC):
         s = self.hessian_sqrt(f, y)
         return s @ s.transpose(-1, -2)
 
+    @abstractmethod
+    def sampled_sqrt(self, f: Tensor, n_samples: int, generator: torch.Generator) -> Tensor:
+        """Monte Carlo factor S̃_n (O, k) with E[S̃ S̃ᵀ] = Λ_n (the Fisher); returns (N, O, k)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -115,6 +119,13 @@ class CrossEntropyLoss(Loss):
         # (eye - p[..., :, None])[..., o, c] = δ_oc − p_o ; scale column c by √p_c.
         return (eye - p.unsqueeze(-1)) * p.sqrt().unsqueeze(-2)
 
+    def sampled_sqrt(self, f: Tensor, n_samples: int, generator: torch.Generator) -> Tensor:
+        """Columns (p − e_ŷ)/√k for labels ŷ ~ Categorical(p): E[(p − e_ŷ)(p − e_ŷ)ᵀ] = diag p − p pᵀ."""
+        p = torch.softmax(f, dim=-1)
+        labels = torch.multinomial(p.detach().double(), n_samples, True, generator=generator)
+        onehot = torch.nn.functional.one_hot(labels, f.shape[-1]).to(p.dtype)  # (N, k, O)
+        return (p.unsqueeze(-1) - onehot.transpose(-1, -2)) / n_samples**0.5
+
     def hessian(self, f: Tensor, y: Tensor) -> Tensor:
         """Λ = diag(p) − p pᵀ."""
         p = torch.softmax(f, dim=-1)
@@ -159,6 +170,12 @@ class MSELoss(Loss):
         """S = I (one column per output)."""
         eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
         return eye.expand(*f.shape[:-1], -1, -1)
+
+    def sampled_sqrt(self, f: Tensor, n_samples: int, generator: torch.Generator) -> Tensor:
+        """Columns ε/√k with ε ~ N(0, I): E[ε εᵀ] = I."""
+        shape = (*f.shape, n_samples)
+        eps = torch.randn(shape, generator=generator, dtype=f.dtype, device=f.device)
+        return eps / n_samples**0.5
 
     def hessian(self, f: Tensor, y: Tensor) -> Tensor:
         """Λ = I."""

@@ -555,8 +555,21 @@ def ggn_diagonal(
     param_names: str | Sequence[str] | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    mc_samples: int | None = None,
+    seed: int = 0,
 ) -> Tensor:
-    """Exact diag of the GGN, Σ_n Σ_c (J_nᵀ s_nc)² (×1/N for "mean"), ``chunk_size`` examples at a time."""
+    """Exact diag of the GGN, Σ_n Σ_c (J_nᵀ s_nc)² (×1/N for "mean"), ``chunk_size`` examples at a time.
+
+    ``mc_samples = k`` gives the Monte Carlo Fisher diagonal instead (k sampled columns per
+    example, seeded by ``seed``): unbiased, for outputs with many classes.
+    """
     return exact_ggn_diagonal(
-        model, loss, data, param_names, reduction, chunk_size=_check_chunk(chunk_size)
+        model,
+        loss,
+        data,
+        param_names,
+        reduction,
+        chunk_size=_check_chunk(chunk_size),
+        mc_samples=mc_samples,
+        seed=seed,
     )
