@@ -171,8 +171,8 @@ def test_device_moves_model_and_batches_and_saves_cpu_checkpoints(digits, tmp_pa
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_train_map_on_cuda(digits, tmp_path: Path) -> None:
+    assert torch.cuda.is_available(), "the gpu tests need a CUDA device (make test deselects them)"
     cpu = _train_on("cpu", digits, tmp_path / "cpu.pt")
     cuda = _train_on("cuda", digits, tmp_path / "cuda.pt")
     for a, b in zip(cpu.parameters(), cuda.parameters(), strict=True):
