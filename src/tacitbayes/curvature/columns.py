@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from tacitbayes.batches import Inputs, check_loader, iter_batches, map_inputs, slice_inputs
-from tacitbayes.budget import items_per_chunk
+from tacitbayes.budget import check_count, items_per_chunk
 from tacitbayes.curvature.layers import FactoredLayer, LayerSignals, backprop_batch, split_layers
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.errors import InputError
@@ -35,7 +35,7 @@ __all__ = [
     "GGNPass",
     "dense_ggn_pass",
     "diagonal_ggn_pass",
-    "exact_ggn_diagonal",
+    "ggn_diagonal",
     "layer_diagonal",
     "per_example_columns",
 ]
@@ -195,7 +195,7 @@ def dense_ggn_pass(
     return GGNPass(0.5 * (total + total.mT), count, n_out, loss_sum)
 
 
-def exact_ggn_diagonal(
+def ggn_diagonal(
     model: nn.Module,
     loss: str | Loss,
     data: Any,
@@ -205,16 +205,16 @@ def exact_ggn_diagonal(
     mc_samples: int | None = None,
     seed: int = 0,
 ) -> Tensor:
-    """diag(G) = scale · Σ_n Σ_c (J_nᵀ s_nc)² (scale 1/N for "mean"), flat order, one pass.
+    """Exact diag(G) = scale · Σ_n Σ_c (J_nᵀ s_nc)² (scale 1/N for "mean"), flat order, one pass.
 
-    ``mc_samples = k``: the Monte Carlo Fisher diagonal (k sampled columns per example).
+    ``chunk_size`` examples at a time; ``mc_samples = k`` gives the Monte Carlo Fisher
+    diagonal instead (k sampled columns per example, seeded by ``seed``): unbiased, for
+    outputs with many classes.
     """
     if reduction not in ("mean", "sum"):
         raise InputError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    if mc_samples is not None and (
-        isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1
-    ):
-        raise InputError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
+    check_count("chunk_size", chunk_size)
+    check_count("mc_samples", mc_samples)
     result = diagonal_ggn_pass(model, loss, data, param_names, chunk_size, mc_samples, seed)
     return result.curvature / result.n_data if reduction == "mean" else result.curvature
 

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from tacitbayes.batches import check_loader, iter_batches
+from tacitbayes.budget import check_count
 from tacitbayes.curvature.columns import per_example_columns
 from tacitbayes.curvature.layers import (
     FactoredLayer,
@@ -122,10 +123,7 @@ class KFAC(LinearOperator):
         mc_samples: int | None = None,
         seed: int = 0,
     ) -> None:
-        if mc_samples is not None and (
-            isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1
-        ):
-            raise InputError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
+        check_count("mc_samples", mc_samples)
         self.mc_samples, self.seed = mc_samples, int(seed)
         if reduction not in ("mean", "sum"):
             raise InputError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

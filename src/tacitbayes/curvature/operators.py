@@ -42,8 +42,8 @@ from tacitbayes.batches import (
     n_examples,
     read_batch,
 )
-from tacitbayes.budget import items_per_chunk
-from tacitbayes.curvature.columns import exact_ggn_diagonal
+from tacitbayes.budget import check_count, items_per_chunk
+from tacitbayes.curvature.columns import ggn_diagonal
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
@@ -216,9 +216,7 @@ def _maybe_vmap(fn: Callable, batched: bool, chunk_size: int | None) -> Callable
 
 
 def _check_chunk(chunk_size: int | None) -> int | None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
+    return check_count("chunk_size", chunk_size)
 
 
 # --------------------------------------------------------------------------- Jacobian
@@ -386,7 +384,7 @@ class GGN(_LossCurvature):
 
     def diagonal(self, chunk_size: int | None = None) -> Tensor:
         """Exact diag(G) = Σ_n Σ_c (J_nᵀ s_nc)² with Λ_n = S_n S_nᵀ (see :mod:`curvature.diagonal`)."""
-        return exact_ggn_diagonal(
+        return ggn_diagonal(
             self.fmodel.module,
             self.loss,
             self.data,
@@ -546,30 +544,3 @@ class Hessian(_LossCurvature):
         if batched:
             return _flatten_rows(out, next(iter(tangents.values())).shape[0])
         return flatten(out)
-
-
-def ggn_diagonal(
-    model: nn.Module,
-    loss: str | Loss,
-    data: Data,
-    param_names: str | Sequence[str] | None = None,
-    reduction: str = "mean",
-    chunk_size: int | None = None,
-    mc_samples: int | None = None,
-    seed: int = 0,
-) -> Tensor:
-    """Exact diag of the GGN, Σ_n Σ_c (J_nᵀ s_nc)² (×1/N for "mean"), ``chunk_size`` examples at a time.
-
-    ``mc_samples = k`` gives the Monte Carlo Fisher diagonal instead (k sampled columns per
-    example, seeded by ``seed``): unbiased, for outputs with many classes.
-    """
-    return exact_ggn_diagonal(
-        model,
-        loss,
-        data,
-        param_names,
-        reduction,
-        chunk_size=_check_chunk(chunk_size),
-        mc_samples=mc_samples,
-        seed=seed,
-    )
