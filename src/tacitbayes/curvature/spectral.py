@@ -149,6 +149,13 @@ def _orthogonalise(w: Tensor, basis: Tensor) -> Tensor:
     return w
 
 
+def _grow(basis: Tensor, limit: int) -> Tensor:
+    """The rows of ``basis`` in a buffer of twice as many rows (at most ``limit``)."""
+    grown = basis.new_empty(min(2 * basis.shape[0], limit), basis.shape[1])
+    grown[: basis.shape[0]] = basis
+    return grown
+
+
 def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if len(alphas) > 1:
@@ -186,7 +193,7 @@ def top_eigenvalues(
     the basis and stops at such a breakdown only once the latest restarted chain added
     nothing above the current k-th Ritz value.  Like every single-vector Krylov method it can
     still miss copies of an exactly repeated eigenvalue in unlucky cases.
-    Memory: ``max_iters`` vectors of length n.
+    Memory: at most 2·m vectors of length n for m matvecs (the basis grows by doubling).
     """
     n, dtype, device = _meta(op)
     k = _check_count("k", k)
@@ -199,7 +206,7 @@ def top_eigenvalues(
     gen = _rng(seed, generator)
     eps = torch.finfo(dtype).eps
 
-    basis = torch.zeros(m_max, n, dtype=dtype, device=device)
+    basis = torch.empty(min(m_max, 16), n, dtype=dtype, device=device)  # grows by doubling
     basis[0] = _unit(_random((n,), "gaussian", gen, dtype, device))
     alphas: list[float] = []
     betas: list[float] = []  # off-diagonal couplings (0 between restarted chains)
@@ -230,6 +237,8 @@ def top_eigenvalues(
         if done or j + 1 == m_max:
             converged = done or j + 1 == n
             break
+        if j + 1 == basis.shape[0]:
+            basis = _grow(basis, m_max)
         if not breakdown:
             basis[j + 1] = w / beta
             betas.append(beta)
