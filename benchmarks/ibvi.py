@@ -83,7 +83,7 @@ def _build(variant: str | None, model_name: str, shape: tuple) -> tuple:
         params = list(model.parameters())
     else:
         _, layers, rank = VARIANTS[variant]
-        vnet = VariationalModel(model, layers=layers, rank=rank)
+        vnet = VariationalModel(model, layers=layers, rank=rank, init=True)
         opt = vnet.optimizer(torch.optim.SGD, lr=0.01, momentum=0.9, fused=True)
 
         def loss_fn(x, y):
@@ -152,7 +152,7 @@ def _memory_child(variant: str, model_name: str, steps: int) -> None:
     xs = torch.randn(4, 128, *shape, generator=gen)
     ys = torch.randint(0, 10, (4, 128), generator=gen)
     # one-time imports and library set-up (torch.optim, torch.func) before the baseline
-    tiny = VariationalModel(torch.nn.Linear(2, 2), rank=1)
+    tiny = VariationalModel(torch.nn.Linear(2, 2), rank=1, init=True)
     opt = tiny.optimizer(torch.optim.SGD, lr=0.1, momentum=0.9, fused=True)
     tiny.expected_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)).backward()
     opt.step()
@@ -213,7 +213,7 @@ def width_sweep(
             for lr in lrs:
                 torch.manual_seed(0)
                 net = build_model("mlp", data.input_shape, data.n_classes, width=width)
-                vnet = VariationalModel(net, rank=8, parametrization=par)
+                vnet = VariationalModel(net, rank=8, parametrization=par, init=True)
                 config = IBVIConfig(epochs=epochs, batch_size=128, lr=lr, progress=False)
                 try:
                     loss = train_ibvi(vnet, data.train, config).history[-1]["train_loss"]

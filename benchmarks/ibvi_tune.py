@@ -97,6 +97,7 @@ def main() -> None:
             rank=1 if rank == "diag" else int(rank),
             covariance="diagonal" if rank == "diag" else "lowrank",
             parametrization=args.parametrization,
+            init=True,
         )
         key = f"{opt}:{lr:g}:{layer_choice}:{rank}"
         start = time.perf_counter()

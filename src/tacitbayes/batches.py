@@ -16,6 +16,12 @@ input tensor must have the target's leading dimension. :func:`to_model` moves a 
 the model's device and casts floating inputs to its dtype (integer inputs such as token
 ids keep theirs). :func:`call_model` evaluates ``model(x)`` or ``model(**x)`` and reads the
 logits from a Tensor, a mapping with ``"logits"`` or an object with ``.logits``.
+
+**The data rule** (:func:`as_loader`, used by every training entry point): a map-style
+``torch.utils.data.Dataset`` becomes a :class:`BatchLoader` with the caller's batch size
+(training: shuffled, epoch e by a generator seeded from ``(seed, e)``); anything else (a
+``DataLoader``, a list of batches, any re-iterable) is used as given, its batches read by
+:func:`read_batch`.
 """
 
 from __future__ import annotations
@@ -25,21 +31,29 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from tacitbayes.errors import InputError
 
 __all__ = [
     "Batch",
+    "BatchLoader",
     "Inputs",
     "KeyedLoader",
+    "as_loader",
     "call_model",
     "cat_inputs",
     "check_loader",
+    "count_examples",
     "iter_batches",
+    "loader_for_epoch",
     "map_inputs",
+    "minibatches",
     "model_output",
     "move_inputs",
+    "n_batches",
     "n_examples",
+    "peek_batch",
     "read_batch",
     "slice_inputs",
     "to_model",
@@ -145,6 +159,35 @@ def check_loader(data: Any, what: str = "data") -> Iterable[Any]:
     return data
 
 
+class _OnePass:
+    """The batches of one pass that was started to look at its first batch (re-iterable once)."""
+
+    def __init__(self, first: Any, rest: Iterator[Any]) -> None:
+        self._parts: tuple[Any, Iterator[Any]] | None = (first, rest)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._parts is None:
+            raise InputError("this loader was peeked at and can be read only once")
+        first, rest = self._parts
+        self._parts = None
+        yield first
+        yield from rest
+
+
+def peek_batch(data: Iterable[Any], what: str = "data") -> tuple[Batch, Iterable[Any]]:
+    """(the first batch, read by :func:`read_batch`; a loader giving that same pass in full, once).
+
+    Looking at the first batch costs no extra pass over the data: the pass it starts is
+    the one the returned loader gives.
+    """
+    it = iter(check_loader(data, what))
+    try:
+        first = next(it)
+    except StopIteration:
+        raise InputError(f"{what} holds no batch") from None
+    return read_batch(first), _OnePass(first, it)
+
+
 def map_inputs(fn: Callable[[Tensor], Tensor], inputs: Inputs) -> Inputs:
     """Apply ``fn`` to the input tensor, or to every tensor of a mapping."""
     if isinstance(inputs, Tensor):
@@ -233,3 +276,110 @@ class KeyedLoader:
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- the data rule
+
+
+def minibatches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[Tensor, ...]]:
+    """Yield minibatches; tensors of a TensorDataset are sliced directly (fast path)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(dataset, TensorDataset):
+        n = len(dataset)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(t[idx] for t in dataset.tensors)
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    yield from (tuple(batch) if isinstance(batch, list) else batch for batch in loader)
+
+
+class BatchLoader:
+    """Re-iterable minibatches of a Dataset; shuffled: epoch e permuted by a generator seeded (seed, e).
+
+    ``for_epoch(e)`` gives the loader of epoch e (the training loops call it through
+    :func:`loader_for_epoch`); unshuffled, every pass is in the data set's order.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 256,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputError(f"seed must be an integer, got {seed!r}")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.shuffle, self.seed, self.epoch = bool(shuffle), seed, int(epoch)
+
+    def for_epoch(self, epoch: int) -> BatchLoader:
+        """The same loader at epoch ``epoch`` (its own shuffle when shuffled)."""
+        return BatchLoader(
+            self.dataset, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch
+        )
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        generator = None
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return minibatches(self.dataset, self.batch_size, shuffle=self.shuffle, generator=generator)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)  # type: ignore[arg-type]
+
+
+FIT_BATCH_SIZE = 256  # a Dataset given to a posterior's fit or tuning: batches of 256, in order
+
+
+def as_loader(
+    data: Any, batch_size: int, *, shuffle: bool = False, seed: int = 0, what: str = "data"
+) -> Iterable[Any]:
+    """The one data rule: a map-style Dataset → BatchLoader(data, batch_size, shuffle, seed); else as given.
+
+    A ``DataLoader``, a :class:`BatchLoader`, a list of batches or any other re-iterable
+    of batches is used as given (checked by :func:`check_loader`; a single ``(x, y)``
+    batch is a one-batch loader): its own batch size and shuffling apply.
+    """
+    if isinstance(data, (BatchLoader, DataLoader)):
+        return data
+    if isinstance(data, IterableDataset):
+        raise InputError(
+            f"{what} is an IterableDataset: wrap it in a torch DataLoader with the batch size "
+            "you want (an iterable data set cannot be shuffled here)"
+        )
+    if isinstance(data, Dataset):
+        return BatchLoader(data, batch_size, shuffle=shuffle, seed=seed)
+    return check_loader(data, what)
+
+
+def loader_for_epoch(loader: Iterable[Any], epoch: int) -> Iterable[Any]:
+    """The batches of epoch ``epoch``: a BatchLoader's epoch shuffle; any other loader as it is."""
+    return loader.for_epoch(epoch) if isinstance(loader, BatchLoader) else loader
+
+
+def n_batches(loader: Iterable[Any]) -> int:
+    """``len(loader)``, or the batches counted in one pass when the loader has no length."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return sum(1 for _ in loader)
+
+
+def count_examples(loader: Iterable[Any]) -> int:
+    """N, the examples of one pass: ``len(dataset)`` of a BatchLoader, else counted in one pass."""
+    if isinstance(loader, BatchLoader):
+        return len(loader.dataset)  # type: ignore[arg-type]
+    return sum(int(read_batch(batch).target.shape[0]) for batch in loader)

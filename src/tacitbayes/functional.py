@@ -19,17 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from tacitbayes.batches import Inputs, model_output, move_inputs
+from tacitbayes.batches import Inputs, model_output, move_inputs, n_examples, slice_inputs
 from tacitbayes.errors import InputError
 
 __all__ = [
     "FunctionalModel",
     "eval_mode",
+    "find_last_layer",
     "flatten",
     "functionalize",
     "last_layer_names",
@@ -141,16 +143,142 @@ def unflatten(vec: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def last_layer_names(module: nn.Module) -> list[str]:
-    """Names of the parameters of the last ``nn.Linear`` in ``module.named_modules()`` order."""
-    last = None
-    for name, m in module.named_modules():
-        if isinstance(m, nn.Linear):
-            last = (name, m)
-    if last is None:
-        raise InputError(f"{type(module).__name__} contains no nn.Linear layer")
-    prefix, layer = last
-    return [f"{prefix}.{n}" if prefix else n for n, _ in layer.named_parameters(recurse=False)]
+def _direct(module: nn.Module) -> list[nn.Parameter]:
+    return list(module.parameters(recurse=False))
+
+
+def _pure(module: nn.Module) -> bool:
+    """True when every parameter of ``module`` is its own (no submodule holds one)."""
+    return {id(p) for p in module.parameters()} == {id(p) for p in _direct(module)}
+
+
+def _tensors_in(out: object, depth: int = 3) -> list[Tensor]:
+    """The tensors of a module output (a Tensor, or nested in mappings, sequences, attributes)."""
+    if isinstance(out, Tensor):
+        return [out]
+    if depth == 0:
+        return []
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _tensors_in(v, depth - 1)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors_in(v, depth - 1)]
+    return _tensors_in(vars(out), depth - 1) if hasattr(out, "__dict__") else []
+
+
+def _names_of(module: nn.Module, owner: str) -> list[str]:
+    """The names (in ``module.named_parameters()``) of the parameters ``owner`` holds itself."""
+    own = {id(p) for p in _direct(module.get_submodule(owner))}
+    return [n for n, p in module.named_parameters() if id(p) in own]
+
+
+def _label(name: str) -> str:
+    return repr(name) if name else "the model's own parameters ('')"
+
+
+def find_last_layer(module: nn.Module, example_inputs: Inputs) -> str:
+    """Name of the submodule whose parameters produce the output f(x) (traced on ``example_inputs``).
+
+    One forward pass (eval mode, the first two examples) with forward hooks on the modules
+    that own parameters; then a walk back through the autograd graph of the output that
+    stops at the output of a module whose parameters are all its own, or at a parameter
+    itself (owned by a module with parametrised submodules, e.g. the model's own
+    ``nn.Parameter``). Exactly one module must be met, and it must be the last of those
+    modules to run; otherwise InputError names the candidates (name the layer instead).
+    """
+    if not isinstance(module, nn.Module):
+        raise InputError(f"expected an nn.Module, got {type(module).__name__}")
+    named = dict(module.named_parameters())
+    if not named:
+        raise InputError(f"{type(module).__name__} has no parameters")
+    owners = {n: m for n, m in module.named_modules() if _direct(m)}
+    pure = {n for n, m in owners.items() if _pure(m)}
+    leaves = {n: p.detach().requires_grad_(True) for n, p in named.items()}
+    leaf_owner = {id(t): n.rsplit(".", 1)[0] if "." in n else "" for n, t in leaves.items()}
+    ran: list[str] = []
+    stops: dict[Any, set[str]] = {}
+
+    def hook(name: str):
+        def record(_mod: nn.Module, _args: Any, out: Any) -> None:
+            ran.append(name)
+            for t in _tensors_in(out):
+                if t.grad_fn is not None:
+                    stops.setdefault(t.grad_fn, set()).add(name)
+
+        return record
+
+    first = next(iter(named.values()))
+    x = move_inputs(example_inputs, first.device, first.dtype)
+    x = slice_inputs(x, 0, min(2, n_examples(x)))
+    handles = [owners[n].register_forward_hook(hook(n)) for n in pure]
+    try:
+        with torch.enable_grad(), eval_mode(module):
+            if isinstance(x, Tensor):
+                out = functional_call(module, leaves, (x,))
+            else:
+                out = functional_call(module, leaves, (), dict(x))
+    finally:
+        for h in handles:
+            h.remove()
+    node = model_output(out).grad_fn
+    if node is None:
+        raise InputError(f"the output of {type(module).__name__} depends on no parameter")
+    found: set[str] = set()
+    todo, seen = [node], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in stops:
+            found |= stops[node]
+        elif hasattr(node, "variable"):
+            if id(node.variable) in leaf_owner:
+                found.add(leaf_owner[id(node.variable)])
+        else:
+            todo.extend(child for child, _ in node.next_functions)
+    hint = "name the layer (Laplace(last_layer_name=...) or param_names=)"
+    if len(found) != 1:
+        labels = ", ".join(_label(n) for n in sorted(found)) or "no parameter"
+        raise InputError(
+            f"the last layer of {type(module).__name__} is ambiguous: the output depends on "
+            f"{labels} directly (each without passing through the output of another); {hint}"
+        )
+    (last,) = found
+    if ran and ran[-1] != last:
+        raise InputError(
+            f"module {ran[-1]!r} of {type(module).__name__} runs last but does not reach the "
+            f"output (the output comes from {_label(last)}); {hint}"
+        )
+    return last
+
+
+def last_layer_names(module: nn.Module, example_inputs: Inputs | None = None) -> list[str]:
+    """Names of the parameters of the module that produces the output (the last layer).
+
+    With ``example_inputs`` the forward pass is traced (:func:`find_last_layer`); without,
+    the last layer is read off the structure where it is certain: a module whose parameters
+    are all its own, or an ``nn.Sequential`` (recursively, its last child with parameters).
+    Any other model needs ``example_inputs``: the order in which submodules are created
+    says nothing about the order in which they run.
+    """
+    if example_inputs is not None:
+        return _names_of(module, find_last_layer(module, example_inputs))
+    prefix, m = "", module
+    while not _pure(m):
+        if type(m).forward is not nn.Sequential.forward:
+            raise InputError(
+                f"{type(m).__name__}{f' ({prefix!r})' if prefix else ''} is not an nn.Sequential: "
+                "its last layer is found by tracing the forward pass; pass example_inputs (a "
+                "batch of model inputs) or name the layer"
+            )
+        with_params = [(n, c) for n, c in m.named_children() if any(True for _ in c.parameters())]
+        if _direct(m) or not with_params:
+            raise InputError(f"cannot tell the last layer of {type(m).__name__} {prefix!r}")
+        name, m = with_params[-1]
+        prefix = f"{prefix}.{name}" if prefix else name
+    if not _direct(m):
+        raise InputError(f"{type(module).__name__} has no parameters")
+    return _names_of(module, prefix)
 
 
 def layer_names(module: nn.Module, prefixes: str | Sequence[str]) -> list[str]:

@@ -1,32 +1,40 @@
 """MAP training: minimise the mean training loss plus weight decay, with checkpoints.
 
-Deterministic given the seed: epoch e shuffles with a generator seeded by
-(seed, e) and reseeds torch's global RNG, so a run resumed from the checkpoint
-of epoch e continues exactly as the uninterrupted run would have.
+Data: a DataLoader or any re-iterable of batches, used as given; a Dataset is batched
+with the config's batch size and shuffled (:func:`tacitbayes.batches.as_loader`).
+Deterministic given the seed: epoch e reseeds torch's global RNG from (seed, e) and a
+Dataset's shuffle is seeded by (seed, e), so a run resumed from the checkpoint of
+epoch e continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import Dataset
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tacitbayes.batches import read_batch, to_model
-from tacitbayes.data import minibatches
+from tacitbayes.batches import (
+    Inputs,
+    as_loader,
+    call_model,
+    iter_batches,
+    loader_for_epoch,
+    n_batches,
+)
 from tacitbayes.devices import check_device, model_device, model_dtype, to_cpu
 from tacitbayes.errors import InputError, TrainingDivergedError
+from tacitbayes.functional import eval_mode
 from tacitbayes.io import save_torch
+from tacitbayes.likelihoods import LOSSES, mean_loss
 
-LOSSES = ("cross_entropy", "mse")
+EVAL_BATCH = 1024  # batch size of a validation Dataset
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
@@ -78,16 +86,6 @@ class TrainResult:
     step_seconds: float = 0.0  # time in optimisation steps this call (no validation, no saving)
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean over the batch of −log softmax(f)_y ("cross_entropy") or ½‖f − onehot(y)‖² ("mse")."""
-    if loss == "cross_entropy":
-        return F.cross_entropy(logits, labels)
-    if loss == "mse":
-        target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-        return 0.5 * (logits - target).pow(2).sum(-1).mean()
-    raise InputError(f"unknown loss {loss!r}; available: {', '.join(LOSSES)}")
-
-
 def scheduled_lr(lr: float, step: int, total_steps: int, schedule: str = "cosine") -> float:
     """lr at a global step: constant, or cosine decay lr·½(1 + cos(π t/T)) to zero at T."""
     if schedule == "constant":
@@ -100,13 +98,11 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     return scheduled_lr(config.lr, step, total_steps, config.schedule)
 
 
-def epoch_batches(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Shuffled minibatches of one epoch; reseeds torch so that epoch e replays exactly on resume."""
+def epoch_batches(data: Any, batch_size: int, seed: int, epoch: int) -> Iterable[Any]:
+    """The batches of epoch e (a Dataset shuffled by (seed, e), see ``as_loader``); reseeds torch from (seed, e)."""
+    loader = as_loader(data, batch_size, shuffle=True, seed=seed)
     torch.manual_seed(seed * 100_003 + epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return minibatches(dataset, batch_size, shuffle=True, generator=generator)
+    return loader_for_epoch(loader, epoch)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -121,19 +117,49 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def predicted_labels(output: Tensor) -> Tensor:
+    """argmax_c f_c, or 1[f > 0] for a single logit (binary), per example."""
+    if output.ndim == 1 or output.shape[-1] == 1:
+        return (output.reshape(-1) > 0).long()
+    return output.argmax(-1)
+
+
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 1024) -> float:
-    """Fraction of ``dataset`` that ``model`` classifies correctly (eval mode, on the model's device)."""
-    was_training = model.training
-    model.eval()
-    device, dtype = model_device(model), model_dtype(model)
-    correct = total = 0
-    for batch in minibatches(dataset, batch_size):
-        x, y = to_model(read_batch(batch), device, dtype)
-        correct += int((model(x).argmax(-1) == y).sum())
+def validation_metrics(
+    forward: Callable[[Inputs], Tensor],
+    data: Any,
+    loss: str | None,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    batch_size: int = EVAL_BATCH,
+) -> dict[str, float]:
+    """{"loss": (1/N) Σ ℓ(f(x_n), y_n), "accuracy": fraction with predicted_labels(f(x_n)) = y_n}.
+
+    ``data`` follows :func:`tacitbayes.batches.as_loader` (a Dataset in order, by
+    ``batch_size``). No "loss" when ``loss`` is None; no "accuracy" for real-valued
+    ``mse`` targets (regression). ``forward`` runs as given (the caller sets eval mode).
+    """
+    loss_sum, correct, total, labels = 0.0, 0, 0, True
+    for x, y in iter_batches(as_loader(data, batch_size, what="validation data"), device, dtype):
+        out = forward(x)
+        if loss is not None:
+            loss_sum += float(mean_loss(out, y, loss)) * len(y)
+        labels = labels and not (loss == "mse" and y.is_floating_point())
+        if labels:
+            correct += int((predicted_labels(out) == y.reshape(-1).long()).sum())
         total += len(y)
-    model.train(was_training)
-    return correct / max(total, 1)
+    out_metrics = {} if loss is None else {"loss": loss_sum / max(total, 1)}
+    if labels:
+        out_metrics["accuracy"] = correct / max(total, 1)
+    return out_metrics
+
+
+def evaluate_accuracy(model: nn.Module, data: Any, batch_size: int = EVAL_BATCH) -> float:
+    """Fraction of ``data`` (a loader, or a Dataset) that ``model`` classifies correctly, in eval mode."""
+    device, dtype = model_device(model), model_dtype(model)
+    with eval_mode(model):
+        forward = lambda x: call_model(model, x)  # noqa: E731
+        return validation_metrics(forward, data, None, device, dtype, batch_size)["accuracy"]
 
 
 def minibatch_epoch(
@@ -183,16 +209,20 @@ def _load_checkpoint(
 
 def train_map(
     model: nn.Module,
-    train_set: Dataset,
+    train_set: Any,
     config: TrainConfig | None = None,
     *,
-    val_set: Dataset | None = None,
+    val_set: Any | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place to the MAP estimate: min (1/N) Σ ℓ(f(θ, x_n), y_n) + (δ/2)‖θ‖².
 
+    ``train_set`` and ``val_set``: a DataLoader or any re-iterable of batches, used as
+    given, or a Dataset, batched by ``config.batch_size`` and shuffled by (seed, epoch)
+    (validation: in order, by 1024); see :func:`tacitbayes.batches.as_loader`. The
+    history records the validation loss and, for class labels, the accuracy.
     The model is moved to ``device`` (None: where it is) and stays there; every batch
     follows it, floating inputs cast to the model's dtype. With ``checkpoint`` the state
     is saved atomically after every epoch, as CPU tensors; with ``resume`` training
@@ -201,6 +231,10 @@ def train_map(
     """
     config = config or TrainConfig()
     config.validate()
+    loader = as_loader(
+        train_set, config.batch_size, shuffle=True, seed=config.seed, what="train_set"
+    )
+    val_loader = None if val_set is None else as_loader(val_set, EVAL_BATCH, what="val_set")
     device = model_device(model) if device is None else check_device(device)
     model.to(device)
     dtype = model_dtype(model)
@@ -213,7 +247,7 @@ def train_map(
         state = _load_checkpoint(Path(checkpoint), model, optimizer)
         start = result.resumed_from = int(state["epoch"])
         result.history = list(state.get("history", []))
-    steps_per_epoch = -(-len(train_set) // config.batch_size)  # type: ignore[arg-type]
+    steps_per_epoch = n_batches(loader)
     total_steps = steps_per_epoch * config.epochs
     bar = tqdm(
         range(start, config.epochs),
@@ -227,11 +261,10 @@ def train_map(
         epoch_start = time.perf_counter()
         train_loss = minibatch_epoch(
             optimizer,
-            (
-                to_model(read_batch(batch), device, dtype)
-                for batch in epoch_batches(train_set, config.batch_size, config.seed, epoch)
+            iter_batches(
+                epoch_batches(loader, config.batch_size, config.seed, epoch), device, dtype
             ),
-            lambda x, y: classification_loss(model(x), y, config.loss),
+            lambda x, y: mean_loss(call_model(model, x), y, config.loss),
             lambda step, e=epoch: learning_rate(config, e * steps_per_epoch + step, total_steps),
             epoch,
             what="training loss",
@@ -239,8 +272,12 @@ def train_map(
         )
         result.step_seconds += time.perf_counter() - epoch_start
         record = {"epoch": epoch + 1, "train_loss": train_loss}
-        if val_set is not None:
-            record["val_accuracy"] = evaluate_accuracy(model, val_set)
+        if val_loader is not None:
+            with eval_mode(model):
+                metrics = validation_metrics(
+                    lambda x: call_model(model, x), val_loader, config.loss, device, dtype
+                )
+            record |= {f"val_{k}": v for k, v in metrics.items()}
         result.history.append(record)
         result.epochs_run += 1
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})

@@ -95,8 +95,9 @@ def test_last_layer_and_layer_names() -> None:
     assert last_layer_names(nn.Linear(3, 2)) == ["weight", "bias"]
     assert layer_names(_cnn(), ["0"]) == ["0.weight", "0.bias"]
     assert layer_names(_cnn(), "3.bias") == ["3.bias"]
-    with pytest.raises(InputError, match="no nn.Linear"):
-        last_layer_names(nn.Sequential(nn.Conv2d(1, 1, 1)))
+    assert last_layer_names(nn.Sequential(nn.Conv2d(1, 1, 1))) == ["0.weight", "0.bias"]
+    with pytest.raises(InputError, match="no parameters"):
+        last_layer_names(nn.Sequential(nn.ReLU()))
     with pytest.raises(InputError, match="submodules with parameters"):
         layer_names(_mlp(), ["1"])
 

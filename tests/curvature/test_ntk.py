@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
-from tacitbayes.curvature.ntk import kernel_factors, ntk_cross, ntk_diagonal
+from tacitbayes.curvature.ntk import kernel_factors, ntk_cross, ntk_diagonal, ntk_gram
 from tacitbayes.errors import InputError
 
 DT = torch.float64
@@ -63,6 +63,7 @@ def test_factored_gram_equals_dense_jjt(case: int, outputs: str) -> None:
         kernel_factors(model, x[3:], y[3:], outputs=outputs),
     ]
     torch.testing.assert_close(ntk_cross(factors, factors), dense @ dense.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ntk_gram(factors), dense @ dense.T, rtol=1e-10, atol=1e-12)
     diag = torch.cat([ntk_diagonal(f) for f in factors])
     torch.testing.assert_close(diag, (dense * dense).sum(1), rtol=1e-10, atol=1e-12)
     # a cross block between different inputs

@@ -90,7 +90,7 @@ def test_gd_on_closed_form_converges_to_limit(problem, momentum):
 
 def _vnet(seed: int = 1) -> VariationalModel:
     torch.manual_seed(seed)
-    return VariationalModel(nn.Linear(D, 1, bias=False).double(), rank=D)
+    return VariationalModel(nn.Linear(D, 1, bias=False).double(), rank=D, init=True)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])

@@ -107,7 +107,9 @@ def test_lr_multipliers_deterministic(parametrization, rule):
 @pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
 def test_variational_groups_and_factor_rate(parametrization, opt_cls):
     rank = 4
-    vnet = VariationalModel(mlp(), layers=["0", "4"], rank=rank, parametrization=parametrization)
+    vnet = VariationalModel(
+        mlp(), layers=["0", "4"], rank=rank, parametrization=parametrization, init=True
+    )
     opt = vnet.optimizer(opt_cls, lr=0.01)
     rule = "adam" if opt_cls is torch.optim.Adam else "sgd"
     lrs = _lr_of(opt.param_groups)

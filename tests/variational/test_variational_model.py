@@ -45,7 +45,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_wraps_user_sequential_with_conv(batch):
     x, y = batch
     torch.manual_seed(0)
-    vnet = VariationalModel(user_net(), rank=3)
+    vnet = VariationalModel(user_net(), rank=3, init=True)
     assert vnet.layers == ("0", "6")  # default: first and last Linear/Conv2d
     assert vnet.var_names == ["0.weight", "0.bias", "6.weight", "6.bias"]
     assert vnet.factor("0").shape == (4 * 9 + 4, 3)
@@ -67,7 +67,7 @@ def test_wraps_user_sequential_with_conv(batch):
 
 def test_sample_dict_and_module_agree(batch):
     x, _ = batch
-    vnet = VariationalModel(user_net(), layers=["4"], rank=2)
+    vnet = VariationalModel(user_net(), layers=["4"], rank=2, init=True)
     params = vnet.sample(torch.Generator().manual_seed(1))
     assert list(params) == [n for n, _ in vnet.model.named_parameters()]
     assert all(not t.requires_grad for t in params.values())
@@ -85,24 +85,24 @@ def test_sample_dict_and_module_agree(batch):
 def test_bad_layer_names_raise():
     net = user_net()
     with pytest.raises(InputError, match=r"'1' \(ReLU\).*valid names are \['0', '4', '6'\]"):
-        VariationalModel(net, layers=["0", "1"])
+        VariationalModel(net, layers=["0", "1"], init=True)
     with pytest.raises(InputError, match=r"'fc' \(not a submodule\)"):
-        VariationalModel(net, layers=["fc"])
+        VariationalModel(net, layers=["fc"], init=True)
     with pytest.raises(InputError, match="more than once"):
-        VariationalModel(net, layers=["4", "4"])
+        VariationalModel(net, layers=["4", "4"], init=True)
     with pytest.raises(InputError, match="no nn.Linear or nn.Conv2d"):
-        VariationalModel(nn.Sequential(nn.ReLU()))
+        VariationalModel(nn.Sequential(nn.ReLU()), init=True)
     with pytest.raises(InputError, match="unknown covariance"):
-        VariationalModel(net, covariance="full")
+        VariationalModel(net, covariance="full", init=True)
     with pytest.raises(InputError, match="rank must be"):
-        VariationalModel(net, rank=0)
+        VariationalModel(net, rank=0, init=True)
     with pytest.raises(InputError, match="not a variational layer"):
-        VariationalModel(net, layers=["4"]).factor("6")
+        VariationalModel(net, layers=["4"], init=True).factor("6")
 
 
 def test_layers_empty_is_deterministic(batch):
     x, _ = batch
-    vnet = VariationalModel(user_net(), layers=[], parametrization="mup")
+    vnet = VariationalModel(user_net(), layers=[], parametrization="mup", init=True)
     assert len(vnet.factors) == 0
     torch.testing.assert_close(vnet(x), vnet.model(x))
 
@@ -113,7 +113,7 @@ def test_prior_at_init_low_rank():
     rank, draws = 4, 1500
     acc = torch.zeros(5 * 3 + 3, 5 * 3 + 3, dtype=torch.float64)
     for _ in range(draws):
-        vnet = VariationalModel(nn.Linear(5, 3).double(), rank=rank)
+        vnet = VariationalModel(nn.Linear(5, 3).double(), rank=rank, init=True)
         S = vnet.factor("").detach()
         acc += S @ S.T
     s2 = init_std(layer_infos(vnet.model)[""], "sp") ** 2
@@ -121,7 +121,7 @@ def test_prior_at_init_low_rank():
         acc / draws, s2 * torch.eye(18, dtype=torch.float64), atol=0.06 * s2, rtol=0
     )
     # one big layer: SSᵀ ≈ s²I on its diagonal already
-    big = VariationalModel(nn.Linear(400, 50), rank=8)
+    big = VariationalModel(nn.Linear(400, 50), rank=8, init=True)
     S = big.factor("").detach()
     s2 = 1 / 400
     assert float((S * S).sum(1).mean()) == pytest.approx(s2, rel=0.02)
@@ -129,7 +129,7 @@ def test_prior_at_init_low_rank():
 
 def test_samples_have_covariance_SSt():
     torch.manual_seed(1)
-    vnet = VariationalModel(nn.Linear(3, 2).double(), rank=3)
+    vnet = VariationalModel(nn.Linear(3, 2).double(), rank=3, init=True)
     S, mu = vnet.factor("").detach(), vnet.mean("").detach()
     gen = torch.Generator().manual_seed(2)
     draws = torch.stack(
@@ -143,7 +143,7 @@ def test_samples_have_covariance_SSt():
 def test_diagonal_covariance(batch):
     x, y = batch
     torch.manual_seed(0)
-    vnet = VariationalModel(user_net(), covariance="diagonal")
+    vnet = VariationalModel(user_net(), covariance="diagonal", init=True)
     s = init_std(vnet.infos["6"], "sp")
     torch.testing.assert_close(vnet.factor("6"), torch.full((51,), s))
     vnet.expected_loss(x, y).backward()
@@ -162,16 +162,16 @@ def test_low_rank_sample_gradient_matches_autograd():
 def test_state_dict_round_trip(batch):
     x, _ = batch
     torch.manual_seed(0)
-    vnet = VariationalModel(user_net(), rank=2, parametrization="mup")
+    vnet = VariationalModel(user_net(), rank=2, parametrization="mup", init=True)
     vnet.temperature.fill_(1.7)
     torch.manual_seed(5)
-    other = VariationalModel(user_net(), rank=2, parametrization="mup")
+    other = VariationalModel(user_net(), rank=2, parametrization="mup", init=True)
     other.load_state_dict(vnet.state_dict())
     assert float(other.temperature) == pytest.approx(1.7)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     torch.testing.assert_close(vnet.predict(x, 4, generator=g1), other.predict(x, 4, generator=g2))
     with pytest.raises(InputError, match="saved with settings"):
-        VariationalModel(user_net(), rank=2, parametrization="sp").load_state_dict(
+        VariationalModel(user_net(), rank=2, parametrization="sp", init=True).load_state_dict(
             vnet.state_dict()
         )
 
@@ -186,7 +186,7 @@ def test_init_false_keeps_weights():
 
 def test_predict_and_loss_input_checks(batch):
     x, y = batch
-    vnet = VariationalModel(user_net())
+    vnet = VariationalModel(user_net(), init=True)
     with pytest.raises(InputError, match="temperature must be positive"):
         vnet.predict(x, temperature=0.0)
     with pytest.raises(InputError, match="n_samples"):
@@ -205,7 +205,7 @@ def test_train_and_temperature_on_blobs():
     inputs = centers[labels] + torch.randn(300, 10, generator=gen)
     net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
     torch.manual_seed(0)
-    vnet = VariationalModel(net, rank=4)
+    vnet = VariationalModel(net, rank=4, init=True)
     train = TensorDataset(inputs[:200], labels[:200])
     result = train_ibvi(vnet, train, IBVIConfig(epochs=8, batch_size=32, lr=0.05, progress=False))
     losses = [h["train_loss"] for h in result.history]
@@ -240,7 +240,7 @@ def test_train_ibvi_records_validation_accuracy_and_is_seeded() -> None:
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        vnet = VariationalModel(build_model("mlp", data.input_shape, 10, width=16))
+        vnet = VariationalModel(build_model("mlp", data.input_shape, 10, width=16), init=True)
         runs.append(
             train_ibvi(vnet, data.train, IBVIConfig(epochs=2, progress=False), val_set=data.val)
         )
@@ -254,7 +254,8 @@ def test_dropout_fires_in_train_mode_only(batch):
     x, _ = batch
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(p=0.5), nn.Linear(32, 3))
-    vnet = VariationalModel(net, rank=2)
+    vnet = VariationalModel(net, rank=2, init=True)
+    net = vnet.model  # the wrapper's own copy
     vnet.train()
     out1 = vnet(x, torch.Generator().manual_seed(7))
     out2 = vnet(x, torch.Generator().manual_seed(7))  # same variational noise
@@ -278,8 +279,8 @@ def test_batchnorm_running_stats_move_in_training_not_in_predict():
     labels = torch.randint(0, 3, (32,), generator=gen)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-    vnet = VariationalModel(net, rank=2)
-    bn = net[1]
+    vnet = VariationalModel(net, rank=2, init=True)
+    bn = vnet.model[1]
     vnet.eval()  # the caller's mode, restored by train_ibvi
     before = bn.running_mean.clone()
     config = IBVIConfig(epochs=1, batch_size=16, lr=0.01, progress=False)
@@ -301,7 +302,8 @@ def test_batchnorm_running_stats_move_in_training_not_in_predict():
 def test_predict_restores_training_flags(batch):
     x, _ = batch
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Dropout(0.5), nn.Linear(16, 3))
-    vnet = VariationalModel(net, rank=2)
+    vnet = VariationalModel(net, rank=2, init=True)
+    net = vnet.model  # the wrapper's own copy
     vnet.train()
     net[2].eval()  # mixed flags must come back exactly
     flags = [m.training for m in vnet.modules()]

@@ -59,6 +59,7 @@ class DataJacobian(LinearOperator):
         self.batch_rows: list[int] = []
         n_outputs = None
         first_example: Batch | None = None
+        loss_sum = 0.0
         for batch in self.data:
             x, y = self._prepare(batch)
             with torch.no_grad():
@@ -70,7 +71,8 @@ class DataJacobian(LinearOperator):
             if n_outputs is not None and out.shape[1] != n_outputs:
                 raise InputError("every batch must give the same number of outputs")
             n_outputs = int(out.shape[1])
-            self.loss.prepare_target(y, n_examples(x), n_outputs, self._dtype)  # validates
+            target = self.loss.prepare_target(y, n_examples(x), n_outputs, self._dtype)
+            loss_sum += float(self.loss.value(out, target).sum())
             self.batch_rows.append(n_examples(x))
             if first_example is None:  # kept for size estimates (one example, no extra pass)
                 one = map_inputs(lambda t: t[:1].clone(), x)  # a copy: the batch is freed
@@ -80,6 +82,7 @@ class DataJacobian(LinearOperator):
         if n_outputs is None or first_example is None:
             raise InputError("data holds no batch")
         self.first_example: Batch = first_example
+        self.loss_sum = loss_sum  # Σ_n ℓ(f(θ*, x_n), y_n) of the same pass
         self.network_outputs = n_outputs
         self.n_outputs = 1 if outputs == "loss" else n_outputs
         self.n_data = sum(self.batch_rows)

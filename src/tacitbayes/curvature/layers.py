@@ -193,7 +193,7 @@ def find_layers(model: nn.Module, selected: tuple[str, ...]) -> list[FactoredLay
             + "; ".join(bad[:3])
             + (f"; and {len(bad) - 3} more such module(s)" if len(bad) > 3 else "")
             + " — pass param_names to restrict it to those layers "
-            "(e.g. tacitbayes.functional.last_layer_names(model))"
+            "(e.g. tacitbayes.functional.last_layer_names(model, x) for a batch of inputs x)"
         )
     return layers
 

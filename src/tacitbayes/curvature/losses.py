@@ -1,6 +1,6 @@
 """Per-example losses ℓ(f, y) on network outputs f ∈ R^O and their output-Hessians Λ = ∂²ℓ/∂f².
 
-Two losses are provided:
+Three losses are provided:
 
 * ``"cross_entropy"``: ℓ = −log softmax(f)_y for an integer class ``y`` ∈ {0, …, O−1};
   Λ = diag(p) − p pᵀ with p = softmax(f).  Square-root factor S (Λ = S Sᵀ) has the
@@ -8,6 +8,8 @@ Two losses are provided:
 * ``"mse"``: ℓ = ½‖f − y‖² (no 1/O factor, summed over outputs); Λ = I, S = I.  The target
   has the shape of f.  An integer class vector y of shape (N,) with O > 1 is one-hot encoded;
   a real vector of shape (N,) with O = 1 is read as shape (N, 1).
+* ``"binary_cross_entropy"``: ℓ = log(1 + e^f) − y f for a single logit f and y ∈ {0, 1}
+  (Bernoulli likelihood); Λ = p(1 − p) with p = σ(f), S = √(p(1 − p)).
 
 All functions act on a batch: ``f`` has shape (N, O) (``hessian_matvec`` broadcasts over
 leading dimensions of ``u``) and return per-example values; reductions over examples are
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from tacitbayes.errors import InputError
 
-__all__ = ["LOSSES", "CrossEntropyLoss", "Loss", "MSELoss", "get_loss"]
+__all__ = ["LOSSES", "BinaryCrossEntropyLoss", "CrossEntropyLoss", "Loss", "MSELoss", "get_loss"]
 
 
 class Loss(ABC):
@@ -93,6 +95,11 @@ class CrossEntropyLoss(Loss):
         _check_batch(y, n)
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise InputError(f"cross_entropy needs integer class labels, got dtype {y.dtype}")
+        if o == 1:
+            raise InputError(
+                "cross_entropy needs one output per class (at least 2); a single-logit binary "
+                "classifier uses loss 'binary_cross_entropy' (likelihood 'binary')"
+            )
         _check_classes(y, n, o, "cross_entropy")
         return y.long()
 
@@ -185,11 +192,68 @@ class MSELoss(Loss):
         return self.hessian_sqrt(f, y).clone()
 
 
-LOSSES: dict[str, type[Loss]] = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
+class BinaryCrossEntropyLoss(Loss):
+    """ℓ = log(1 + e^f) − y f for one logit f and y ∈ {0, 1}; Λ = p(1 − p), p = σ(f)."""
+
+    name = "binary_cross_entropy"
+
+    def prepare_target(self, y: Tensor, n: int, o: int, dtype: torch.dtype) -> Tensor:
+        """Require one output and targets 0/1 of shape (n,) or (n, 1); returns (n, 1) reals."""
+        _check_batch(y, n)
+        if o != 1:
+            raise InputError(
+                f"binary_cross_entropy needs a model with one output (a logit), got {o} outputs"
+            )
+        if y.is_complex():
+            raise InputError(f"binary_cross_entropy needs 0/1 targets, got dtype {y.dtype}")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.squeeze(1)
+        if y.ndim != 1:
+            raise InputError(
+                f"binary_cross_entropy targets must have shape ({n},) or ({n}, 1), "
+                f"got {tuple(y.shape)}"
+            )
+        y = y.to(dtype)
+        if y.numel() and not bool(((y == 0) | (y == 1)).all()):
+            raise InputError("binary_cross_entropy targets must be 0 or 1")
+        return y.unsqueeze(-1)
+
+    def value(self, f: Tensor, y: Tensor) -> Tensor:
+        """ℓ_n = softplus(f_n) − y_n f_n (torch's stable kernel)."""
+        flat = torch.nn.functional.binary_cross_entropy_with_logits(f, y, reduction="none")
+        return flat.sum(-1)
+
+    def output_gradient(self, f: Tensor, y: Tensor) -> Tensor:
+        """σ(f) − y."""
+        return torch.sigmoid(f) - y
+
+    def hessian_matvec(self, f: Tensor, y: Tensor, u: Tensor) -> Tensor:
+        """Λu = p(1 − p) u."""
+        p = torch.sigmoid(f)
+        return p * (1 - p) * u
+
+    def hessian_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
+        """S = √(p(1 − p)), one column."""
+        p = torch.sigmoid(f)
+        return (p * (1 - p)).sqrt().unsqueeze(-1)
+
+    def sampled_sqrt(self, f: Tensor, n_samples: int, generator: torch.Generator) -> Tensor:
+        """Columns (p − ŷ)/√k for ŷ ~ Bernoulli(p): E[(p − ŷ)²] = p(1 − p)."""
+        p = torch.sigmoid(f)
+        draws = torch.rand((*p.shape, n_samples), generator=generator, dtype=torch.float64)
+        labels = (draws.to(p.device) < p.detach().double().unsqueeze(-1)).to(p.dtype)
+        return (p.unsqueeze(-1) - labels) / n_samples**0.5
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "cross_entropy": CrossEntropyLoss,
+    "mse": MSELoss,
+    "binary_cross_entropy": BinaryCrossEntropyLoss,
+}
 
 
 def get_loss(loss: str | Loss) -> Loss:
-    """Return the :class:`Loss` named ``loss`` (``"cross_entropy"`` or ``"mse"``), or ``loss`` itself."""
+    """Return the :class:`Loss` named ``loss`` (a key of ``LOSSES``), or ``loss`` itself."""
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, str) and loss in LOSSES:

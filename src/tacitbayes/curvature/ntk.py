@@ -30,7 +30,14 @@ from tacitbayes.curvature.losses import get_loss
 from tacitbayes.errors import InputError
 from tacitbayes.functional import eval_mode, resolve_param_names
 
-__all__ = ["KernelFactors", "kernel_factors", "ntk_cross", "ntk_diagonal"]
+__all__ = [
+    "KernelFactors",
+    "kernel_factors",
+    "ntk_blocks",
+    "ntk_cross",
+    "ntk_diagonal",
+    "ntk_gram",
+]
 
 
 @dataclass
@@ -290,6 +297,25 @@ def ntk_cross(left: Iterable[KernelFactors], right: Sequence[KernelFactors]) -> 
     return torch.cat(rows)
 
 
+def ntk_gram(factors: Sequence[KernelFactors]) -> Tensor:
+    """The symmetric Gram K = J Jᵀ of a set of factors: the blocks on and above the diagonal,
+    mirrored, written into one preallocated (rows × rows) float64 matrix."""
+    factors = list(factors)
+    if not factors:
+        raise InputError("no batch to build a kernel from")
+    sizes = [f.n * f.n_outputs for f in factors]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    out = torch.empty(sum(sizes), sum(sizes), dtype=torch.float64, device=_device(factors[0]))
+    for i, fi in enumerate(factors):
+        rows = slice(starts[i], starts[i] + sizes[i])
+        for j in range(i, len(factors)):
+            block = _cross(fi, factors[j])
+            out[rows, starts[j] : starts[j] + sizes[j]] = block
+            if j > i:
+                out[starts[j] : starts[j] + sizes[j], rows] = block.T
+    return out
+
+
 def ntk_diagonal(factors: KernelFactors) -> Tensor:
     """diag K = ‖J_{(n,o)}‖² for the rows of one batch: (N·O,)."""
     n, o = factors.n, factors.n_outputs
@@ -300,3 +326,15 @@ def ntk_diagonal(factors: KernelFactors) -> Tensor:
     if factors.explicit is not None:
         out += factors.explicit.pow(2).sum(-1)
     return out.reshape(-1)
+
+
+def ntk_blocks(factors: KernelFactors) -> Tensor:
+    """Per-example blocks J_n J_nᵀ = Σ_l (a_n·a_n + b) G_n G_nᵀ + R_n R_nᵀ of one batch: (N, O, O)."""
+    n, o = factors.n, factors.n_outputs
+    out = torch.zeros(n, o, o, dtype=torch.float64, device=_device(factors))
+    for a, g, bias in factors.hadamard:
+        aa = torch.zeros(n, dtype=out.dtype, device=out.device) if a is None else (a * a).sum(-1)
+        out += (g @ g.mT) * (aa + (1.0 if bias else 0.0))[:, None, None]
+    if factors.explicit is not None:
+        out += factors.explicit @ factors.explicit.mT
+    return out

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
+from tacitbayes.batches import BatchLoader, minibatches  # noqa: F401  (tacitbayes.data exports them)
 from tacitbayes.data import sources
 from tacitbayes.data.shifts import rotate
 from tacitbayes.devices import dataset_to
@@ -153,38 +153,3 @@ def load_dataset(
         mean=mean,
         std=std,
     )
-
-
-def minibatches(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yield minibatches; tensors of a TensorDataset are sliced directly (fast path)."""
-    if batch_size < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-    if isinstance(dataset, TensorDataset):
-        n = len(dataset)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield tuple(t[idx] for t in dataset.tensors)
-        return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    yield from (tuple(batch) for batch in loader)
-
-
-class BatchLoader:
-    """A re-iterable sequence of (x, y) minibatches of a data set, in a fixed order."""
-
-    def __init__(self, dataset: Dataset, batch_size: int = 256) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return minibatches(self.dataset, self.batch_size)
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ minimum-Frobenius-norm change with the same first-order effect is
     ΔW* = J⁺ J vec(ΔW),
 
 the orthogonal projection of ΔW onto the row space of J — what plain gradient descent
-on the linearized first layer alone would reach (depth 1 of METHODS.md §5). It is
+on the linearized first layer alone would reach (depth 1 of docs/methods.md §5). It is
 computed through the NC×NC kernel K = J Jᵀ, K[(i,c),(l,e)] = (G_i G_lᵀ)[c,e]·x_iᵀx_l:
 ΔW* = Jᵀ K⁺ J vec(ΔW), with Jᵀu = Σ_i G_iᵀ u_i x_iᵀ. Since ΔW* is a projection of
 ΔW, cos(ΔW, ΔW*) = ‖ΔW*‖/‖ΔW‖; both are reported as a check.

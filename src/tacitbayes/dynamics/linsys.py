@@ -4,7 +4,7 @@ For A ∈ R^{n×d} with n < d and b ∈ R^n, minimise ½‖A y(θ) − b‖² by
 on θ, where y(θ) is one of the parametrizations of :mod:`tacitbayes.dynamics.overparam`
 ("linear", "deep-linear", "diagonal"). Which of the infinitely many solutions of
 Ay = b is reached depends on the parametrization, its depth and the init scale α
-(METHODS.md §5): depth 1 reaches y₀ + A⁺(b − Ay₀); diagonal networks of depth ≥ 2 go
+(docs/methods.md §5): depth 1 reaches y₀ + A⁺(b − Ay₀); diagonal networks of depth ≥ 2 go
 from the minimum-ℓ₂ solution (large α, kernel regime) to the minimum-ℓ₁ one (small α,
 rich regime).
 

@@ -1,4 +1,4 @@
-"""Stability thresholds of (variational) gradient descent on a quadratic, METHODS.md §3.
+"""Stability thresholds of (variational) gradient descent on a quadratic, docs/methods.md §3.
 
 Along an eigendirection (λ, v) of the loss Hessian, with a = mᵀv the coordinate of the
 mean, variational GD with step ρ, noise σ and N_s samples moves a to
@@ -14,7 +14,7 @@ increasing in λ with exactly one real root, by the hyperbolic form of Cardano's
     h_crit = 2√(z/3) · sinh(⅓ · arsinh((3/ρ)√(3/z)))
 
 which tends to 2/ρ (plain GD) as z → ∞ and to (2z/ρ)^{1/3} as z → 0.  These formulas agree
-with METHODS.md §3 (see tests/dynamics/test_thresholds.py, which derives them again).
+with docs/methods.md §3 (see tests/dynamics/test_thresholds.py, which derives them again).
 
 Note: on an exact quadratic the noise is additive, so the iterates of VGD diverge only for
 λ > 2/ρ; h_crit is where, at the current gradient level c, a step stops decreasing the

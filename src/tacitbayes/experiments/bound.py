@@ -67,6 +67,7 @@ from tacitbayes.priors import (
     train_with_prior,
     union_bound_cost,
 )
+from tacitbayes.search import check_grid_edge, edge_record
 from tacitbayes.training import TrainConfig, evaluate_accuracy, train_map
 
 MODELS = ("mlp", "lenet")
@@ -348,6 +349,25 @@ def _evaluate(s, family, source_state, data, target, test) -> dict[str, Any]:
     return row
 
 
+def grid_edges(
+    name: str, family: dict[str, Any], taus: tuple[float, ...], chosen: dict[str, float]
+) -> dict[str, dict[str, Any]]:
+    """Per axis of the family's grid (its hyper-parameters and τ): the edge record at ``chosen``."""
+    axes = {k: [h[k] for _, h in family["grid"]] for k in chosen if k != "tau"}
+    axes["tau"] = list(taus)
+    return {
+        k: check_grid_edge(
+            f"{name} prior {k}",
+            values,
+            chosen[k],
+            high="a larger value might give a tighter bound",
+            low="a smaller value might give a tighter bound",
+            remedy="widen its grid (the bound pays ln|grid|)",
+        )
+        for k, values in axes.items()
+    }
+
+
 def checks(rows: dict[str, dict[str, Any]]) -> dict[str, bool]:
     """Bounds above the MC risk and the test error; the learned prior non-vacuous and tighter."""
     out = {
@@ -391,6 +411,9 @@ def _run(s: BoundSettings) -> dict[str, Any]:
     source_state = copy.deepcopy(net.state_dict())
     families = _families(s, la, net, source.tensors[0], len(target))
     rows = {n: _evaluate(s, fam, source_state, data, target, test) for n, fam in families.items()}
+    for n, fam in families.items():
+        assert s.taus
+        rows[n]["searches"] = grid_edges(n, fam, s.taus, rows[n]["hyperparameters"])
     results = {
         "dataset": data.name,
         "model": s.model,
@@ -406,6 +429,7 @@ def _run(s: BoundSettings) -> dict[str, Any]:
         "source": {
             "test_error": 1.0 - evaluate_accuracy(net, source_test),
             "laplace_prior_precision": float(la.prior_precision.mean()),
+            "searches": {"prior_precision_marglik": edge_record(la.tuning)},
         },
         "priors": rows,
         "checks": checks(rows),

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tacitbayes.io import atomic_path, write_json, write_text
+from tacitbayes.search import edge_messages
 
 COLUMNS = (
     ("test err Q", "test_error", "{:.4f}"),
@@ -100,6 +101,10 @@ def _report(results: dict[str, Any]) -> str:
             f"| {name} | {row['prior']} | {cells} | {_hyper(row)} | {row['grid_size']} "
             f"(ln = {row['union_cost']:.2f}) | {row['prior_independence']} |"
         )
+    searches = [results["source"].get("searches"), *(r.get("searches") for r in rows.values())]
+    edges = [m for found in searches for m in edge_messages(found)]
+    if edges:
+        lines += ["", *(f"- WARNING {m}." for m in edges)]
     lines += ["", "## Checks", "", *(f"- {k}: {v}" for k, v in results["checks"].items())]
     lines += [
         "",

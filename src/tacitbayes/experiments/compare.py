@@ -20,6 +20,7 @@ from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.experiments.verdicts import map_distance, verdict
 from tacitbayes.io import write_json, write_text
 from tacitbayes.models import build_model
+from tacitbayes.search import edge_messages
 from tacitbayes.training import TrainConfig, train_map
 
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 10, "mnist": 10}
@@ -131,6 +132,9 @@ def _report(results: dict[str, Any], settings: CompareSettings) -> str:
             keys = ("ood_auroc", "ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
             cells = [f"{row[k]:.4f}" if isinstance(row.get(k), float) else "-" for k in keys]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = search_notes(results)
+    if notes:
+        lines += ["", "## Hyper-parameter searches", "", *notes]
     if "map" in results["methods"]:
         lines += ["", "## Verdicts", ""]
         map_row = results["methods"]["map"]
@@ -147,6 +151,21 @@ def _report(results: dict[str, Any], settings: CompareSettings) -> str:
     ]
     lines += ["", "## Versions", "", *(f"- {k}: {v}" for k, v in results["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def search_notes(results: dict[str, Any]) -> list[str]:
+    """One line per method that searched a hyper-parameter: which searches stopped at an edge."""
+    lines = []
+    for name, row in results["methods"].items():
+        searches = row.get("searches") or {}
+        if not searches:
+            continue
+        edges = {key: edge_messages({key: r}) for key, r in searches.items()}
+        if any(edges.values()):
+            lines += [f"- {name} ({k}): WARNING {m}." for k, ms in edges.items() for m in ms]
+        else:
+            lines.append(f"- {name}: {', '.join(searches)} ended inside the search range.")
+    return lines
 
 
 def format_table(results: dict[str, Any]) -> str:

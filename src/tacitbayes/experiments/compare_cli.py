@@ -51,7 +51,12 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from tacitbayes.experiments.compare import CompareSettings, format_table, run_compare
+    from tacitbayes.experiments.compare import (
+        CompareSettings,
+        format_table,
+        run_compare,
+        search_notes,
+    )
 
     options = {
         k: getattr(args, k)
@@ -83,5 +88,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     results = run_compare(settings)
     print(f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters)")
     print(format_table(results))
+    for line in search_notes(results):
+        print(line)
     print(f"wrote {results['out']}/results.json, report.md, reliability.png, shift.png")
     return 0

@@ -1,4 +1,4 @@
-"""``tacitbayes continual``: a task sequence with posterior-as-prior (METHODS.md §4, last bullet).
+"""``tacitbayes continual``: a task sequence with posterior-as-prior (docs/methods.md §4).
 
 A single shared MLP with 10 outputs learns the tasks in order with each method of
 :mod:`tacitbayes.experiments.continual_sequence` (``finetune``, ``diagonal``, ``kronecker``);
@@ -41,6 +41,7 @@ from tacitbayes.experiments.continual_report import write_outputs
 from tacitbayes.experiments.continual_sequence import DIAGONAL_CURVATURES, METHODS, run_sequence
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.models import build_model
+from tacitbayes.search import check_grid_edge
 from tacitbayes.training import TrainConfig
 
 DATASETS = ("digits", "fashion-mnist")
@@ -253,7 +254,14 @@ def run_method(
         curvature = (
             "exact GGN diagonal" if s.diagonal_curvature == "exact" else "diagonal of KFAC"
         ) + " (summed loss)"
-    return {**best, "grid": grid, "curvature": curvature}
+    edge = check_grid_edge(
+        f"{method} prior strength β",
+        s.strengths,
+        best["strength"],
+        low="the prior may be too weak to stop forgetting",
+        high="the prior may be too strong to learn the new tasks",
+    )
+    return {**best, "grid": grid, "curvature": curvature, "searches": {"strength": edge}}
 
 
 def run_continual(settings: ContinualSettings) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tacitbayes import plots
 from tacitbayes.io import write_json, write_text
+from tacitbayes.search import edge_messages
 
 COLUMNS = (
     ("β", "strength", "{:g}"),
@@ -83,6 +84,8 @@ def _report(results: dict[str, Any]) -> str:
     for name, row in results["methods"].items():
         lines += ["", f"## {name}", ""]
         if row["strength"] is not None:
+            for message in edge_messages(row.get("searches")):
+                lines += [f"WARNING {message}.", ""]
             lines.append(f"β = {row['strength']:g} (chosen on validation). Test accuracy R[i, j]:")
         else:
             lines.append("Test accuracy R[i, j]:")

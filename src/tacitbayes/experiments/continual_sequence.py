@@ -14,8 +14,8 @@ the negative log-density of the method's prior for task t:
   diagonal of the summed-loss GGN of task s (online EWC with the GGN, see
   :mod:`tacitbayes.priors.diagonal`);
 * ``kronecker``: after task t the prior becomes N(θ_t, (δI + β Σ_{s≤t} G_s ⊗ A_s)⁻¹) per
-  layer, G_s ⊗ A_s the summed-loss KFAC block of task s (Schnaus et al. 2023, METHODS.md
-  §4, with α = 1); the penalty is exact for any number of Kronecker terms.
+  layer, G_s ⊗ A_s the summed-loss KFAC block of task s (Schnaus et al. 2023,
+  docs/methods.md §4, with α = 1); the penalty is exact for any number of Kronecker terms.
 
 Curvature is taken at θ_t on task t's training data, for the loss the task was trained on
 (the masked view in the task-incremental scenario). β (``strength``) tempers the likelihood's

@@ -5,7 +5,7 @@ MSE loss L = (1/N) Σ ½‖f(x_n) − onehot(y_n)‖² over the training subset:
 
 * ``gd``: θ ← θ − ρ∇L(θ); its sharpness is expected to rise to 2/ρ and hover there;
 * ``vgd σ=…, Ns=…`` for every σ in ``sigmas`` and N_s in ``n_samples``: variational GD
-  (:class:`tacitbayes.optim.VariationalGD`) with the same ρ; METHODS.md §3 predicts that its
+  (:class:`tacitbayes.optim.VariationalGD`) with the same ρ; docs/methods.md §3 predicts that its
   sharpness settles near h_crit(z) < 2/ρ, lower for larger σ and fewer samples;
 * ``ivon``: IVON with ess = N (its preconditioned sharpness is also recorded).
 
@@ -41,9 +41,9 @@ from tacitbayes.dynamics import (
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.eos_report import write_outputs
 from tacitbayes.experiments.runtime import torch_threads, versions
+from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON, VariationalGD
-from tacitbayes.training import classification_loss
 
 MODELS = ("mlp", "lenet", "vit")
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -209,7 +209,7 @@ def _train_run(spec, model, train, sharp_data, s: EosSettings) -> tuple[list[dic
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = classification_loss(model(x), y, "mse")
+        loss = mean_loss(model(x), y, "mse")
         loss.backward()
         return loss
 

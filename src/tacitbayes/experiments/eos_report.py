@@ -83,7 +83,7 @@ def _report(results: dict[str, Any]) -> str:
         "(Lanczos, tol 1e-3, on the whole training subset, at the mean weights).",
         "",
         f"Final sharpness: mean over the records of the last {s['tail']:.0%} of training. "
-        "VGD h_crit: METHODS.md §3 threshold 2√(z/3)·sinh(⅓·arsinh((3/ρ)√(3/z))) with "
+        "VGD h_crit: docs/methods.md §3 threshold 2√(z/3)·sinh(⅓·arsinh((3/ρ)√(3/z))) with "
         "z = N_s c/σ², c = (∇L·v₁)² the squared gradient along the top Hessian eigenvector "
         "measured at each record; median over the same records. 'h_crit (ref. z)' uses the "
         "reference code's z = N_s‖∇L‖²/(Pσ²).",

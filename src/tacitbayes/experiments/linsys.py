@@ -1,6 +1,6 @@
 """``tacitbayes linsys``: the implicit bias of initialization in underdetermined linear systems.
 
-Four studies (METHODS.md §5; see :mod:`tacitbayes.experiments.linsys_studies`):
+Four studies (docs/methods.md §5; see :mod:`tacitbayes.experiments.linsys_studies`):
 (1) depth-1 GD against its closed form y₀ + A⁺(b − Ay₀); (2) distance of the reached
 solution to the min-ℓ₁ and min-ℓ₂ solutions across init scale and depth; (3) the
 sparse-recovery phase transition; (4) whether a trained MLP's first layer ends at the

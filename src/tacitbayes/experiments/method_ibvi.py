@@ -116,6 +116,7 @@ def fit_ibvi(ctx: FitContext) -> Predictor:
     ).to(ctx.device)
     vnet = VariationalModel(
         model,
+        init=True,  # IBVI trains from its prior
         layers=variational_layers(model, s.layers),
         rank=s.rank,
         covariance=s.covariance,
@@ -138,7 +139,7 @@ def fit_ibvi(ctx: FitContext) -> Predictor:
         val_x, val_y = ctx.data.val.tensors
         generator = torch.Generator(model_device(vnet)).manual_seed(ctx.seed + 1)
         temperature = fit_temperature(vnet, val_x, val_y, ctx.n_samples, generator=generator)
-    info = {
+    info: dict[str, Any] = {
         "train_seconds": train_seconds,
         "temperature": temperature,
         "layers": list(vnet.layers),
@@ -146,4 +147,6 @@ def fit_ibvi(ctx: FitContext) -> Predictor:
         "epochs": config.epochs,
         **{f"ibvi_{k}": v for k, v in asdict(s).items()},
     }
+    if vnet.temperature_tuning:
+        info["searches"] = {"temperature": vnet.temperature_tuning}
     return VariationalPredictor(vnet, ctx.n_samples, info)

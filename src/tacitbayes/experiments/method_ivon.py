@@ -6,6 +6,12 @@ learning-rate schedule as the MAP run, and the hyper-parameters of ``DEFAULTS`` 
 the validation split).  Predictions are the MC predictive (1/S) Σ_s softmax(f(θ_s, x)),
 θ_s ~ N(μ, diag σ²), S = ``ctx.n_samples``.  ``info`` records the hyper-parameters, the
 training time and its ratio to the MAP optimizer's time per step.
+
+:func:`train_ivon` trains on ``ctx.data.train`` or on ``train_data`` (a DataLoader or any
+re-iterable of batches used as given, or a Dataset batched and shuffled by (seed, epoch):
+:func:`tacitbayes.batches.as_loader`), with the loss ``ctx.train_config.loss``
+("cross_entropy", "mse" with real targets for regression, or "binary_cross_entropy" on
+one logit; :mod:`tacitbayes.likelihoods`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tacitbayes.data import minibatches
+from tacitbayes.batches import (
+    as_loader,
+    call_model,
+    count_examples,
+    iter_batches,
+    loader_for_epoch,
+    minibatches,
+    n_batches,
+)
+from tacitbayes.devices import model_dtype
 from tacitbayes.errors import TrainingDivergedError
 from tacitbayes.experiments.methods import FitContext, Predictor, register_method
+from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON
-from tacitbayes.training import classification_loss, make_optimizer, scheduled_lr
+from tacitbayes.training import make_optimizer, scheduled_lr
 
 
 @dataclass
@@ -96,7 +112,7 @@ def _map_step_seconds(ctx: FitContext, data, steps: int) -> tuple[float, float]:
     batches = (batches * (1 + steps // len(batches)))[: steps + 5]
     for x, y in batches[:5]:  # warm-up, not timed
         opt.zero_grad(set_to_none=True)
-        classification_loss(model(x), y, ctx.train_config.loss).backward()
+        mean_loss(model(x), y, ctx.train_config.loss).backward()
         opt.step()
     batches = batches[5:]
     on_cuda = torch.device(ctx.device).type == "cuda"  # time finished work, not queued kernels
@@ -105,7 +121,7 @@ def _map_step_seconds(ctx: FitContext, data, steps: int) -> tuple[float, float]:
     start, cpu = time.perf_counter(), time.process_time()
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
-        classification_loss(model(x), y, ctx.train_config.loss).backward()
+        mean_loss(model(x), y, ctx.train_config.loss).backward()
         opt.step()
     if on_cuda:
         torch.cuda.synchronize()
@@ -114,13 +130,18 @@ def _map_step_seconds(ctx: FitContext, data, steps: int) -> tuple[float, float]:
 
 
 def train_ivon(
-    ctx: FitContext, settings: IvonSettings | None = None
+    ctx: FitContext, settings: IvonSettings | None = None, train_data: Any = None
 ) -> tuple[nn.Module, IVON, dict]:
-    """Train a fresh copy of the architecture with IVON; return (model at the mean, optimizer, info)."""
+    """Train a fresh copy of the architecture with IVON; return (model at the mean, optimizer, info).
+
+    ``train_data`` (default ``ctx.data.train``) follows the data rule of
+    :func:`tacitbayes.batches.as_loader`; ess defaults to its number of examples N.
+    """
     settings = settings or DEFAULTS.get(ctx.data.name, IvonSettings())
     config = ctx.train_config
-    train = ctx.data.train
-    n = len(train)
+    train = ctx.data.train if train_data is None else train_data
+    loader = as_loader(train, config.batch_size, shuffle=True, seed=ctx.seed, what="train_data")
+    n = count_examples(loader) if not settings.ess else 0
     torch.manual_seed(ctx.seed)
     model = build_model(
         ctx.model_name, ctx.data.input_shape, ctx.data.n_classes, **ctx.model_options
@@ -137,21 +158,21 @@ def train_ivon(
         rescale_lr=settings.rescale_lr,
         seed=ctx.seed,
     )
-    total = -(-n // config.batch_size) * config.epochs
+    total = n_batches(loader) * config.epochs
+    dtype = model_dtype(model)
     step = 0
     start, cpu = time.perf_counter(), time.process_time()
     bar = tqdm(
         range(config.epochs), desc="train IVON", disable=not ctx.progress or None, leave=False
     )
     for epoch in bar:
-        generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + epoch)
         model.train()
-        for x, y in minibatches(train, config.batch_size, shuffle=True, generator=generator):
+        for x, y in iter_batches(loader_for_epoch(loader, epoch), ctx.device, dtype):
             lr = scheduled_lr(settings.lr, step, total, config.schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
             with opt.sampled_params(train=True):
-                loss = classification_loss(model(x), y, config.loss)
+                loss = mean_loss(call_model(model, x), y, config.loss)
                 loss.backward()
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(

@@ -10,7 +10,8 @@ Prior precision (a scalar δ): first the maximiser of the Laplace evidence ("mar
 ``tuning="validation"`` then the δ of the grid δ_marglik·10^[−3, 3] (half decades, so it holds
 δ_marglik; extended past an edge while the NLL improves) with the lowest validation NLL of the
 predictive. With ``report_validation`` the validation NLL at both choices is recorded whatever
-is kept. Predictions average the softmax of ``ctx.n_samples`` linearized samples, the same
+is kept. ``info["searches"]`` holds each search's edge record (did it stop at an end of its
+range? see :mod:`tacitbayes.search`). Predictions average the softmax of ``ctx.n_samples`` linearized samples, the same
 samples for every batch.
 
 Why "validation" is the default (digits, MLP 64-512-512-10, seed 0, validation split only):
@@ -35,6 +36,7 @@ from tacitbayes.experiments.methods import FitContext, Predictor, register_metho
 from tacitbayes.posteriors.laplace import Laplace
 from tacitbayes.posteriors.laplace_tuning import predictive_nll
 from tacitbayes.posteriors.predictive import average_probabilities, sample_logits
+from tacitbayes.search import edge_record
 
 __all__ = ["SETTINGS", "LaplacePredictor", "LaplaceSettings", "fit_laplace"]
 
@@ -122,6 +124,7 @@ def fit_laplace(ctx: FitContext, structure: str) -> Predictor:
         "curvature_seconds": curvature_seconds,
         "marglik_seconds": marglik_seconds,
         **{f"laplace_{k}": v for k, v in asdict(s).items()},
+        "searches": {"prior_precision_marglik": edge_record(la.tuning)},
     }
     has_val = len(ctx.data.val) > 0
     if has_val and (s.tuning == "validation" or s.report_validation):
@@ -132,6 +135,7 @@ def fit_laplace(ctx: FitContext, structure: str) -> Predictor:
             "validation", val_loader=val, n_samples=ctx.n_samples, linearized=s.linearized
         )
         info["val_nll_validation"] = min(la.tuning["nll"])
+        info["searches"]["prior_precision_validation"] = edge_record(la.tuning)
         info["prior_precision_validation"] = _as_json(delta_val)
         info["validation_seconds"] = time.perf_counter() - start
         if s.tuning == "marglik":

@@ -3,7 +3,7 @@
 Fitted on every training example (the loader is streamed), to a null-space residual
 ‖J𝒫ε‖/‖Jε‖ ≤ 1e-3, with the posterior's default solver (the dense NTK Gram when it
 fits the memory budget, Nyström-preconditioned CG otherwise). The prior precision is
-the evidence value α = rank(J)/‖θ*‖² (METHODS.md §1); the value validation NLL would
+the evidence value α = rank(J)/‖θ*‖² (docs/methods.md §1); the value validation NLL would
 choose is computed and reported beside it, not used.
 """
 
@@ -17,6 +17,7 @@ import torch
 from tacitbayes.data import BatchLoader
 from tacitbayes.experiments.methods import FitContext, register_method
 from tacitbayes.posteriors.projected import ProjectedPosterior
+from tacitbayes.search import edge_record
 
 PASS_BATCH = 256
 
@@ -68,6 +69,7 @@ def _fit(ctx: FitContext, loss_projected: bool) -> PosteriorPredictor:
             "validation", val_loader=BatchLoader(ctx.data.val, 500), n_samples=ctx.n_samples
         )
         info["validation_seconds"] = time.perf_counter() - start
+        info["searches"] = {"prior_precision_validation": edge_record(post.tuning)}
         post.prior_precision = alpha
     return PosteriorPredictor(post, ctx.n_samples, info)
 

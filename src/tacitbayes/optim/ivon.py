@@ -1,4 +1,4 @@
-"""IVON: improved variational online Newton (Shen et al., ICML 2024), from METHODS.md §3.
+"""IVON: improved variational online Newton (Shen et al., ICML 2024), from docs/methods.md §3.
 
 q(θ) = N(μ, diag σ²) with σ = 1/√(λ(h + δ)); each step, for samples θ = μ + σ ⊙ ε:
 

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from tacitbayes.errors import InputError
+from tacitbayes.likelihoods import check_likelihood, mc_predictive
 
 __all__ = ["SampledOptimizer", "check_range", "sampled_predict"]
 
@@ -249,22 +250,35 @@ class SampledOptimizer(torch.optim.Optimizer):
         x: Tensor,
         n_samples: int = 32,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """MC predictive p(y|x) ≈ (1/S) Σ_s softmax(f(μ + σ ⊙ ε_s, x)) for the model these parameters belong to."""
+        *,
+        likelihood: str = "classification",
+        sigma_noise: float = 0.0,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """MC predictive over θ_s = μ + σ ⊙ ε_s: (1/S) Σ_s softmax(f(θ_s, x)), [1 − p̄, p̄] or (mean_s f, var_s f + σ²).
+
+        ``likelihood`` (see :mod:`tacitbayes.likelihoods`): "classification" gives class
+        probabilities (len(x), C); "binary" (one logit) gives (len(x), 2) with
+        p̄ = (1/S) Σ_s σ(f(θ_s, x)); "regression" gives (mean, variance) of the outputs over
+        the samples, each (len(x), O), the variance plus ``sigma_noise``² (the observation
+        noise σ is not part of q: pass it; 0 leaves the spread of f). ``model`` runs in eval
+        mode and is restored.
+        """
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise InputError(f"n_samples must be an int ≥ 1, got {n_samples!r}")
+        check_likelihood(likelihood)
+
+        def outputs() -> Iterator[Tensor]:
+            for _ in range(n_samples):
+                with self.sampled_params(train=False, generator=generator):
+                    out = model(x)
+                yield out
+
         was_training = model.training
         model.eval()
         try:
-            total = None
-            for _ in range(n_samples):
-                with self.sampled_params(train=False, generator=generator):
-                    probs = torch.softmax(model(x), dim=-1)
-                total = probs if total is None else total.add_(probs)
+            return mc_predictive(outputs(), likelihood, sigma_noise=sigma_noise)
         finally:
             model.train(was_training)
-        assert total is not None
-        return total / n_samples
 
     # ------------------------------------------------------------------ state
 
@@ -289,9 +303,17 @@ class SampledOptimizer(torch.optim.Optimizer):
 
 
 def sampled_predict(
-    optimizer: SampledOptimizer, model: nn.Module, x: Tensor, n_samples: int = 32
-) -> Tensor:
-    """MC predictive (1/S) Σ_s softmax(f(θ_s, x)), θ_s ~ q of ``optimizer``; see its method."""
+    optimizer: SampledOptimizer,
+    model: nn.Module,
+    x: Tensor,
+    n_samples: int = 32,
+    *,
+    likelihood: str = "classification",
+    sigma_noise: float = 0.0,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """MC predictive of θ_s ~ q of ``optimizer`` for ``likelihood``: (1/S) Σ_s softmax(f(θ_s, x)) etc.; see its method."""
     if not isinstance(optimizer, SampledOptimizer):
         raise InputError(f"need an IVON or VariationalGD optimizer, got {type(optimizer).__name__}")
-    return optimizer.sampled_predict(model, x, n_samples)
+    return optimizer.sampled_predict(
+        model, x, n_samples, likelihood=likelihood, sigma_noise=sigma_noise
+    )

@@ -1,4 +1,4 @@
-"""Variational gradient descent (METHODS.md §3): q = N(m, σ² I) with fixed σ, only m learned.
+"""Variational gradient descent (docs/methods.md §3): q = N(m, σ² I) with fixed σ, only m learned.
 
     m ← m − ρ · ( (1/N_s) Σᵢ ∇ℓ(m + εᵢ) + δ m ),   εᵢ ~ N(0, σ² I)
 

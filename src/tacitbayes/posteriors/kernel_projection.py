@@ -103,10 +103,12 @@ class GramSolver:
         self.gram = gram.to(torch.float64)
         scale = float(self.gram.diagonal().mean()) if len(self.gram) else 0.0
         self.shift = jitter * scale if scale > 0 else jitter
-        shifted = self.gram.clone()
-        shifted.diagonal().add_(self.shift)
-        factor, status = torch.linalg.cholesky_ex(shifted)
-        del shifted
+        diagonal = self.gram.diagonal().clone()
+        self.gram.diagonal().add_(self.shift)  # shifted in place (no second rows × rows copy)
+        try:
+            factor, status = torch.linalg.cholesky_ex(self.gram)
+        finally:
+            self.gram.diagonal().copy_(diagonal)
         if int(status) != 0:
             raise InputError("the NTK Gram matrix is not positive semi-definite (non-finite J?)")
         self.factor = factor

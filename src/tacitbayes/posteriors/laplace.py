@@ -1,12 +1,15 @@
 """Laplace approximation around trained weights θ*: q(θ) = N(θ*, (sH + diag δ)⁻¹).
 
 H is the GGN of the *sum* loss over the training set (cross-entropy for classification;
-½‖f − y‖² for regression, with s = 1/σ² for a fixed observation noise σ²), structured as
+log(1 + e^f) − y f for a one-logit "binary" classifier; ½‖f − y‖² for regression, with
+s = 1/σ² for the observation noise σ², given or estimated: σ_ML at fit, then jointly
+with δ by the evidence in ``optimize_prior_precision``), structured as
 ``"diag"`` (exact GGN diagonal), ``"kron"`` (KFAC) or ``"last_layer"`` (the dense GGN of
-the last nn.Linear's parameters). δ is the prior precision of p(θ) = N(0, diag δ⁻¹): a
-scalar, or one value per prior group (the modules that own the parameters; last_layer has
-one group). A network trained on the mean loss with coupled weight decay wd has the MAP of
-the prior δ = N·wd for the sum loss.
+the last layer's parameters: the module that produces the output, traced on the first
+batch at ``fit`` unless ``last_layer_name`` or ``param_names`` names it). δ is the prior
+precision of p(θ) = N(0, diag δ⁻¹): a scalar, or one value per prior group (the modules
+that own the parameters; last_layer has one group). A network trained on the mean loss
+with coupled weight decay wd has the MAP of the prior δ = N·wd for the sum loss.
 
 Laplace evidence (MacKay 1992), θ* restricted to the covered parameters, P_g in group g:
   log Z(δ) ≈ log p(D | θ*) − ½ Σ_g δ_g ‖θ*_g‖² + ½ Σ_g P_g log δ_g − ½ log det(sH + diag δ)
@@ -27,16 +30,41 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.batches import Inputs, check_loader, n_examples
+from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, n_examples, peek_batch
 from tacitbayes.errors import InputError
-from tacitbayes.functional import FunctionalModel, flatten, last_layer_names
+from tacitbayes.functional import FunctionalModel, flatten, last_layer_names, layer_names
+from tacitbayes.posteriors.glm import glm_predictive
+from tacitbayes.posteriors.laplace_api import (
+    check_prediction,
+    closed_form_output,
+    resolve_structure,
+    validation_prediction,
+)
 from tacitbayes.posteriors.laplace_curvature import BACKENDS, module_groups
-from tacitbayes.posteriors.predictive import average_probabilities, sample_logits
+from tacitbayes.posteriors.noise import maximum_likelihood_sigma
+from tacitbayes.posteriors.predictive import (
+    average_probabilities,
+    bernoulli_probabilities,
+    sample_logits,
+)
 
 __all__ = ["LIKELIHOODS", "STRUCTURES", "Laplace"]
 
-LIKELIHOODS = {"classification": "cross_entropy", "regression": "mse"}
+LIKELIHOODS = {
+    "classification": "cross_entropy",
+    "binary": "binary_cross_entropy",
+    "regression": "mse",
+}
 STRUCTURES = ("diag", "kron", "last_layer")
+
+
+def _check_sigma(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise InputError(f"sigma_noise must be a number, got {value!r}")
+    sigma = float(value)
+    if not (0 < sigma < math.inf):
+        raise InputError(f"sigma_noise must be finite and > 0, got {sigma}")
+    return sigma
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -53,17 +81,27 @@ class Laplace:
     probabilities (classification) or (mean, variance) (regression). The model must stay at
     θ* after ``fit``. ``seed`` fixes the weight samples of ``predict``/``sample`` when no
     generator is given, so every batch of a data set sees the same samples.
+    laplace-torch's surface: ``Laplace(model, lik, subset_of_weights=..., hessian_structure=...)``
+    and ``la(x, pred_type, link_approx)`` with closed-form probit/bridge predictives
+    (:mod:`tacitbayes.posteriors.laplace_api`, :mod:`tacitbayes.posteriors.glm`).
+    ``structure="last_layer"`` covers the module that produces the output, traced on the
+    first batch of ``fit`` (:func:`tacitbayes.functional.find_last_layer`; InputError when
+    that is ambiguous), or the submodule named by ``last_layer_name`` (or ``param_names``).
     """
 
     def __init__(
         self,
         model: nn.Module,
         likelihood: str = "classification",
-        structure: str = "kron",
+        structure: str | None = None,
         prior_precision: float | Tensor = 1.0,
         param_names: str | Sequence[str] | None = None,
-        sigma_noise: float = 1.0,
+        sigma_noise: float | None = None,
         seed: int = 0,
+        *,
+        subset_of_weights: str | None = None,
+        hessian_structure: str | None = None,
+        last_layer_name: str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -71,28 +109,35 @@ class Laplace:
             raise InputError(
                 f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}"
             )
+        # laplace-torch's keywords map to ``structure`` (see laplace_api); default "kron"
+        structure = resolve_structure(structure, subset_of_weights, hessian_structure)
         if structure not in STRUCTURES:
             raise InputError(f"unknown structure {structure!r}; choose one of {list(STRUCTURES)}")
-        sigma_noise = float(sigma_noise)
-        if not (0 < sigma_noise < math.inf):
-            raise InputError(f"sigma_noise must be finite and > 0, got {sigma_noise}")
-        if likelihood == "classification" and sigma_noise != 1.0:
+        if likelihood != "regression" and sigma_noise not in (None, 1.0):
             raise InputError("sigma_noise applies to likelihood='regression' only")
+        # regression without a given σ: estimated (residuals at fit, evidence when tuning δ)
+        self.estimate_sigma = likelihood == "regression" and sigma_noise is None
+        sigma_noise = 1.0 if sigma_noise is None else _check_sigma(sigma_noise)
         self.model, self.likelihood, self.structure = model, likelihood, structure
         self.loss = LIKELIHOODS[likelihood]
         self.sigma_noise, self.seed = sigma_noise, int(seed)
-        if param_names is None and structure == "last_layer":
-            param_names = last_layer_names(model)
-        self._fmodel = FunctionalModel(model, param_names)
-        self.param_names: tuple[str, ...] = self._fmodel.param_names
-        params = self._fmodel.params()
-        first = next(iter(params.values()))
-        self.dtype, self.device = first.dtype, first.device
-        if structure == "last_layer":
-            self.groups, sizes = ["all"], torch.tensor([self.n_params], dtype=torch.long)
-        else:
-            self.groups, sizes = module_groups(model, self.param_names)
-        self._group_sizes = sizes
+        if last_layer_name is not None:
+            if structure != "last_layer" or param_names is not None:
+                raise InputError(
+                    "last_layer_name names the layer of structure='last_layer'; "
+                    "give it or param_names, not both"
+                )
+            param_names = layer_names(model, last_layer_name)
+        self._fmodel: FunctionalModel | None = None
+        self.param_names: tuple[str, ...] = ()
+        self.groups: list[str] = ["all"]
+        if param_names is not None or structure != "last_layer":
+            self._cover(param_names)
+        else:  # the last layer: traced on the first batch at fit
+            first = next((p for p in model.parameters() if p.requires_grad), None)
+            if first is None:
+                raise InputError("the model has no parameter with requires_grad=True")
+            self.dtype, self.device = first.dtype, first.device
         self._prior = self._check_prior(prior_precision)
         self._curv: Any = None
         self.mean: Tensor | None = None
@@ -100,11 +145,29 @@ class Laplace:
         self.n_outputs = 0
         self.loss_sum: Tensor | None = None
         self.tuning: dict[str, Any] = {}
+        self._ratio = 1.0  # n_data / examples seen (fit); the curvature scale is ratio/σ²
 
     # ---- basic properties ----------------------------------------------------------------
+    def _cover(self, param_names: str | Sequence[str] | None) -> None:
+        """Cover ``param_names``: the functional model, dtype/device and the prior groups."""
+        self._fmodel = FunctionalModel(self.model, param_names)
+        self.param_names = self._fmodel.param_names
+        first = next(iter(self._fmodel.params().values()))
+        self.dtype, self.device = first.dtype, first.device
+        if self.structure == "last_layer":
+            sizes = torch.tensor([self.n_params], dtype=torch.long)
+            self.groups, self._group_sizes = ["all"], sizes
+        else:
+            self.groups, self._group_sizes = module_groups(self.model, self.param_names)
+
     @property
     def n_params(self) -> int:
         """Number P of covered parameters."""
+        if self._fmodel is None:
+            raise InputError(
+                "the last layer is found by tracing the first batch in fit(); call fit first, "
+                "or name it (last_layer_name= or param_names=)"
+            )
         return self._fmodel.n_params
 
     @property
@@ -157,7 +220,11 @@ class Laplace:
         ``n_data``: the loader is a subset of a training set of ``n_data`` examples; the
         loss and the curvature are scaled by n_data / (examples seen).
         """
-        loader = check_loader(train_loader, "train_loader")
+        loader = as_loader(train_loader, FIT_BATCH_SIZE, what="train_loader")
+        if self._fmodel is None:  # last_layer, none named: trace it on the first batch
+            first, loader = peek_batch(loader, "train_loader")  # still one pass
+            self._cover(last_layer_names(self.model, first.inputs))
+            self._prior = self._check_prior(self._prior)
         backend = BACKENDS[self.structure]
         curv = backend.fit(self.model, self.loss, loader, self.param_names)
         n_seen = curv.n_data
@@ -168,30 +235,51 @@ class Laplace:
         self.n_data = n_seen if n_data is None else int(n_data)
         self.n_outputs = curv.n_outputs
         self.loss_sum = torch.tensor(curv.loss_sum * ratio, dtype=self.dtype, device=self.device)
+        self._ratio = ratio
+        if self.estimate_sigma:  # maximum likelihood at θ*, σ² = 2L/(N·O); marglik refines it
+            self.set_sigma_noise(
+                maximum_likelihood_sigma(float(self.loss_sum), self.n_data * self.n_outputs)
+            )
         return self
 
     # ---- evidence ------------------------------------------------------------------------
-    def log_likelihood(self) -> Tensor:
+    def log_likelihood(self, sigma_noise: float | None = None) -> Tensor:
         """log p(D | θ*): −L(θ*), or −L(θ*)/σ² − (N·O/2) log 2πσ² for regression."""
         self._require_fit()
         assert self.loss_sum is not None
-        if self.likelihood == "classification":
+        if self.likelihood != "regression":
             return -self.loss_sum
-        var = self.sigma_noise**2
+        var = (self.sigma_noise if sigma_noise is None else _check_sigma(sigma_noise)) ** 2
         return -self.loss_sum / var - 0.5 * self.n_data * self.n_outputs * math.log(
             2 * math.pi * var
         )
 
-    def log_marginal_likelihood(self, prior_precision: float | Tensor | None = None) -> Tensor:
-        """log p(D|θ*) − ½Σ_g δ_g‖θ*_g‖² + ½Σ_g P_g log δ_g − ½ log det(sH + diag δ); differentiable in δ."""
+    def log_marginal_likelihood(
+        self, prior_precision: float | Tensor | None = None, sigma_noise: float | None = None
+    ) -> Tensor:
+        """log p(D|θ*) − ½Σ_g δ_g‖θ*_g‖² + ½Σ_g P_g log δ_g − ½ log det(sH + diag δ); differentiable in δ.
+
+        ``sigma_noise`` (regression): evaluate at this σ (s = 1/σ²) instead of the current one.
+        """
         self._require_fit()
         assert self.mean is not None
-        delta = self._deltas(prior_precision)
+        if sigma_noise is not None and self.likelihood != "regression":
+            raise InputError("sigma_noise applies to likelihood='regression' only")
+        sigma = self.sigma_noise if sigma_noise is None else _check_sigma(sigma_noise)
+        saved = self._curv.scale
+        self._curv.scale = self._ratio / sigma**2
+        try:
+            return self._log_evidence(self._deltas(prior_precision), sigma)
+        finally:
+            self._curv.scale = saved
+
+    def _log_evidence(self, delta: Tensor, sigma: float) -> Tensor:
+        assert self.mean is not None
         chunks = self.mean.split(self._group_sizes.tolist())
         sq = torch.stack([c.square().sum() for c in chunks]).to(self.dtype)
         sizes = self._group_sizes.to(device=self.device, dtype=self.dtype)
         return (
-            self.log_likelihood()
+            self.log_likelihood(sigma)
             - 0.5 * (delta * sq).sum()
             + 0.5 * (sizes * delta.log()).sum()
             - 0.5 * self._curv.logdet(delta)
@@ -206,35 +294,68 @@ class Laplace:
         lr: float = 0.1,
         prior_structure: str = "scalar",
         n_samples: int = 32,
-        linearized: bool = True,
+        linearized: bool | None = None,
+        *,
+        pred_type: str | None = None,
+        link_approx: str | None = None,
     ) -> Tensor:
         """Set δ by maximising the evidence ("marglik") or minimising validation NLL ("validation").
 
         marglik, ``prior_structure="scalar"``: bounded 1-D search on log δ (the evidence is
         unimodal in log δ); ``"layerwise"``: then Adam on log δ_g (``n_steps``, ``lr``).
+        Regression without a given ``sigma_noise``: σ is maximised jointly with δ
+        (:mod:`tacitbayes.posteriors.noise`).
         validation: the scalar δ of ``grid`` (default current δ × 10^[−3, 3] in half decades,
         extended past an edge while the NLL improves) with the lowest NLL of the predictive
-        on ``val_loader`` (every δ tried and its NLL in ``tuning``).
+        on ``val_loader`` (every δ tried and its NLL in ``tuning``). Its predictive is that of
+        ``self(x, pred_type, link_approx, n_samples)``: ``pred_type`` "glm" (default, same as
+        ``linearized=True``) or "nn"; ``link_approx`` "mc" (default), "probit" or "bridge"
+        (closed form, one Jacobian pass per δ). marglik refuses both keywords.
         Returns the chosen δ.
         """
-        from tacitbayes.posteriors.laplace_tuning import tune_marglik, tune_validation
+        from tacitbayes.posteriors.laplace_tuning import (
+            marglik_edge,
+            tune_marglik,
+            tune_validation,
+        )
+        from tacitbayes.posteriors.noise import tune_marglik_noise
 
         self._require_fit()
-        if method == "marglik":
+        linearized, link = validation_prediction(
+            method, self.likelihood, pred_type, link_approx, linearized
+        )
+        if method == "marglik" and self.estimate_sigma:
+            self._prior, sigma, sigma_edge = tune_marglik_noise(self, prior_structure, n_steps, lr)
+            self.tuning = {"method": method, "prior_structure": prior_structure, "sigma": sigma}
+            self.tuning["sigma_search"] = sigma_edge
+            self.tuning.update(marglik_edge(self._prior))
+        elif method == "marglik":
             self._prior = tune_marglik(self, prior_structure, n_steps, lr)
             self.tuning = {"method": method, "prior_structure": prior_structure}
+            self.tuning.update(marglik_edge(self._prior))
         elif method == "validation":
             if val_loader is None:
                 raise InputError("method='validation' needs a val_loader")
-            self._prior, tried = tune_validation(self, val_loader, grid, n_samples, linearized)
+            self._prior, tried, edge = tune_validation(
+                self, val_loader, grid, n_samples, linearized, link
+            )
             self.tuning = {
                 "method": method,
                 "grid": [d for d, _ in tried],
                 "nll": [v for _, v in tried],
+                **edge,  # at_edge, edge, range: did δ stop at the end of what was tried?
             }
         else:
             raise InputError(f"unknown method {method!r}; choose 'marglik' or 'validation'")
         return self.prior_precision
+
+    def set_sigma_noise(self, sigma: float) -> None:
+        """Set the regression noise σ (the curvature scale becomes n_data/seen/σ²)."""
+        if self.likelihood != "regression":
+            raise InputError("sigma_noise applies to likelihood='regression' only")
+        self.sigma_noise = _check_sigma(sigma)
+        if self._curv is not None:
+            self._curv.scale = self._ratio / self.sigma_noise**2
 
     # ---- posterior -----------------------------------------------------------------------
     def _check_mean(self) -> None:
@@ -294,8 +415,43 @@ class Laplace:
         )
         if self.likelihood == "classification":
             return average_probabilities(logits)
+        if self.likelihood == "binary":
+            return bernoulli_probabilities(logits)
         var = logits.var(0, unbiased=False) + self.sigma_noise**2
         return logits.mean(0), var
+
+    def glm_predictive(self, x: Inputs, max_bytes: int | None = None) -> tuple[Tensor, Tensor]:
+        """(f(θ*, x), J Σ Jᵀ) of the linearised network, shapes (N, O) and (N, O, O); no P×P matrix."""
+        self._require_fit()
+        self._check_mean()
+        delta = self._deltas(None).detach()
+        with torch.no_grad():
+            return glm_predictive(
+                self.model,
+                x,
+                lambda V: self._curv.covariance_apply(V, delta),
+                self.param_names,
+                max_bytes,
+            )
+
+    def __call__(
+        self,
+        x: Inputs,
+        pred_type: str = "glm",
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """laplace-torch's predictive: probit/bridge of N(f, JΣJᵀ), or Monte Carlo ("mc") by ``predict``.
+
+        Classification: (N, C) probabilities ((N, 2) for "binary"); regression with "glm":
+        (f(θ*, x), diag JΣJᵀ + σ²) in closed form (``link_approx`` "mc" samples instead).
+        Valid (pred_type, link_approx): see :data:`laplace_api.VALID_PREDICTIONS`.
+        """
+        if not check_prediction(self.likelihood, pred_type, link_approx):
+            return self.predict(x, n_samples, pred_type == "glm", generator)
+        mean, cov = self.glm_predictive(x)
+        return closed_form_output(self.likelihood, mean, cov, link_approx, self.sigma_noise**2)
 
     # ---- persistence ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -325,10 +481,14 @@ class Laplace:
                 raise InputError(
                     f"state has {key} {state.get(key)!r}, this posterior {getattr(self, key)!r}"
                 )
+        if self._fmodel is None and state.get("param_names"):  # the saved (traced) last layer
+            self._cover(state["param_names"])
         if tuple(state.get("param_names", ())) != self.param_names:
             raise InputError(
                 f"state covers parameters {state.get('param_names')}, this posterior {list(self.param_names)}"
             )
+        if self.estimate_sigma and isinstance(state.get("sigma_noise"), (int, float)):
+            self.sigma_noise = _check_sigma(state["sigma_noise"])  # the estimate saved
         if state.get("sigma_noise") != self.sigma_noise:
             raise InputError(
                 f"state has sigma_noise {state.get('sigma_noise')}, not {self.sigma_noise}"
@@ -343,11 +503,13 @@ class Laplace:
         self.seed = int(state["seed"])
         self.n_data, self.n_outputs = int(state["n_data"]), int(state["n_outputs"])
         self.loss_sum = state["loss_sum"].clone()
+        self._ratio = self._curv.scale * self.sigma_noise**2
         return self
 
     def __repr__(self) -> str:
         delta = self._prior.tolist()
         return (
             f"Laplace(likelihood={self.likelihood!r}, structure={self.structure!r}, "
-            f"P={self.n_params}, prior_precision={delta}, fitted={self._curv is not None})"
+            f"P={self.n_params if self._fmodel is not None else None}, "
+            f"prior_precision={delta}, fitted={self._curv is not None})"
         )

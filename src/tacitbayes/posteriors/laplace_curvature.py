@@ -9,6 +9,8 @@ covers P parameters in the flat order of :func:`tacitbayes.functional.flatten` o
 * ``logdet(delta)`` = log det(sH + diag δ), differentiable in ``delta`` (shape (n_groups,));
 * ``sample_transform(z, delta)``: standard-normal columns z (P, k) ↦ N(0, (sH + diag δ)⁻¹);
 * ``variance(delta)`` = diag (sH + diag δ)⁻¹;
+* ``covariance_apply(V, delta)`` = (sH + diag δ)⁻¹ V for a block V (P, k), from the
+  backend's own factors (never a P×P inverse);
 * ``state()`` and ``from_state(...)`` to store and restore the curvature exactly;
 * ``fit(model, loss, data, param_names)``: the curvature at scale 1 in ONE pass over the
   data, with ``n_data``, ``n_outputs`` and ``loss_sum`` (Σ_n ℓ_n at θ*) read on the way;
@@ -151,6 +153,10 @@ class DiagonalCurvature(_Scaled):
         """1 / (s h_i + δ_g(i))."""
         return self._precision(delta).reciprocal()
 
+    def covariance_apply(self, V: Tensor, delta: Tensor) -> Tensor:
+        """(sH + diag δ)⁻¹ V = V_i / (s h_i + δ_g(i)) row-wise, V of shape (P, k)."""
+        return V * self._precision(delta).reciprocal().unsqueeze(1)
+
     def state(self) -> dict[str, Any]:
         """The GGN diagonal and the scale."""
         return {"diagonal": self.diagonal.clone(), "scale": self.scale}
@@ -202,6 +208,11 @@ class KroneckerCurvature(_Scaled):
         """T_KFAC(z, δ/s) / √s, covariance (1/s)(KFAC + δ/s)⁻¹ = (sH + δ)⁻¹."""
         d = delta[self._perm.to(delta.device)] / self.scale
         return self.kfac.sample_transform(z, d) / self.scale**0.5
+
+    def covariance_apply(self, V: Tensor, delta: Tensor) -> Tensor:
+        """(sH + δ)⁻¹ V = (KFAC + δ/s)⁻¹ V / s: per layer W̃ ↦ Q_G[(Q_GᵀW̃Q_A)/M]Q_Aᵀ, diagonal blocks v/(h + δ/s)."""
+        d = delta[self._perm.to(delta.device)] / self.scale
+        return self.kfac.solve(V, d) / self.scale
 
     def variance(self, delta: Tensor) -> Tensor:
         """Per layer diag = (Q_G∘Q_G) M⁻¹ (Q_A∘Q_A)ᵀ / s with M = λ_G λ_Aᵀ + δ/s."""
@@ -311,6 +322,10 @@ class DenseCurvature(_Scaled):
         """L⁻ᵀ z, covariance L⁻ᵀL⁻¹ = (sH + δI)⁻¹."""
         L = self.cholesky(delta.detach())
         return torch.linalg.solve_triangular(L.mT, z, upper=True)
+
+    def covariance_apply(self, V: Tensor, delta: Tensor) -> Tensor:
+        """(sH + δI)⁻¹ V = L⁻ᵀ L⁻¹ V from the cached Cholesky factor."""
+        return torch.cholesky_solve(V, self.cholesky(delta.detach()))
 
     def variance(self, delta: Tensor) -> Tensor:
         """diag (LLᵀ)⁻¹ = column sums of (L⁻¹)²."""

@@ -6,7 +6,9 @@ decreasing in δ, so log Z is unimodal in log δ and a bounded 1-D search finds 
 Per-group δ: the groups decouple (block-diagonal curvature), Adam on log δ_g from the
 scalar optimum. Validation: the scalar δ on a grid with the lowest predictive NLL (the
 default grid is extended while its edge point is the best); every δ uses the same
-standard-normal draws (common random numbers).
+standard-normal draws (common random numbers). A search that ends at the edge of its
+range (the evidence search at its bounds 1e-8/1e8, the validation grid at its ends or its
+extension limit) warns and says so in its record (:func:`tacitbayes.search.check_grid_edge`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,27 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-from tacitbayes.batches import check_loader, n_examples, read_batch
+from tacitbayes.batches import FIT_BATCH_SIZE, as_loader, n_examples, read_batch
 from tacitbayes.errors import InputError
+from tacitbayes.search import check_grid_edge
 
 if TYPE_CHECKING:
     from tacitbayes.posteriors.laplace import Laplace
 
-__all__ = ["LOG_DELTA_BOUNDS", "predictive_nll", "tune_marglik", "tune_validation"]
+__all__ = [
+    "LOG_DELTA_BOUNDS",
+    "marglik_edge",
+    "predictive_nll",
+    "tune_marglik",
+    "tune_validation",
+]
 
 LOG_DELTA_BOUNDS = (math.log(1e-8), math.log(1e8))
 PRIOR_STRUCTURES = ("scalar", "layerwise")
 MAX_EXTENSION = 8  # half decades beyond the edge of the default validation grid
+EDGE_TOL = 1e-4  # in log δ: a bounded search or a clamped Adam run ends this close to a bound
+LOW_DELTA = "the posterior is as wide as the prior allows and may underfit"
+HIGH_DELTA = "the posterior may predict like MAP"
 
 
 def _scalar_marglik(la: Laplace) -> Tensor:
@@ -76,22 +88,44 @@ def tune_marglik(la: Laplace, prior_structure: str, n_steps: int, lr: float) -> 
     return best.exp()
 
 
+def marglik_edge(delta: Tensor) -> dict[str, Any]:
+    """Edge record of an evidence search that chose ``delta`` in [1e-8, 1e8] (warns at a bound)."""
+    return check_grid_edge(
+        "Laplace prior precision (evidence)",
+        [math.exp(b) for b in LOG_DELTA_BOUNDS],
+        delta,
+        tol=EDGE_TOL,
+        log=True,
+        low=LOW_DELTA,
+        high=HIGH_DELTA,
+        remedy="the evidence still rises at the bound; check the curvature and the data",
+        stacklevel=3,
+    )
+
+
 def predictive_nll(
     la: Laplace,
     loader: Iterable[Any],
     n_samples: int = 32,
     linearized: bool = True,
     prior_precision: float | Tensor | None = None,
+    link_approx: str = "mc",
 ) -> float:
-    """Mean NLL of the predictive on (x, y) batches: −log p̄(y|x), or Gaussian for regression."""
+    """Mean NLL of the predictive on (x, y) batches: −log p̄(y|x), or Gaussian for regression.
+
+    ``link_approx`` "mc": ``la.predict``; "probit"/"bridge": the closed-form glm predictive.
+    """
     saved = la.prior_precision
     if prior_precision is not None:
         la.prior_precision = prior_precision
     total, count = 0.0, 0
     try:
-        for batch in check_loader(loader, "val_loader"):
+        for batch in as_loader(loader, FIT_BATCH_SIZE, what="val_loader"):
             x, y = read_batch(batch)
-            out = la.predict(x, n_samples=n_samples, linearized=linearized)
+            if link_approx == "mc":
+                out = la.predict(x, n_samples=n_samples, linearized=linearized)
+            else:
+                out = la(x, pred_type="glm" if linearized else "nn", link_approx=link_approx)
             y = y.to(la.device)
             if isinstance(out, tuple):
                 mean, var = out
@@ -114,12 +148,14 @@ def tune_validation(
     grid: Sequence[float] | Tensor | None,
     n_samples: int,
     linearized: bool,
-) -> tuple[Tensor, list[tuple[float, float]]]:
-    """The scalar δ with the lowest validation NLL, and every (δ, NLL) tried (in order).
+    link_approx: str = "mc",
+) -> tuple[Tensor, list[tuple[float, float]], dict[str, Any]]:
+    """The scalar δ with the lowest validation NLL, every (δ, NLL) tried (in order), the edge record.
 
     Default grid: current δ × 10^[−3, 3] in half decades; when its best point is at an edge,
     the search steps on outwards by half decades while the NLL improves (at most
-    ``MAX_EXTENSION`` steps), so a tuned δ never sits at the edge of the default grid.
+    ``MAX_EXTENSION`` steps, within [1e-8, 1e8]). A δ at the edge of what was tried (a
+    given grid's end, or the extension limit or bounds) warns (RuntimeWarning).
     """
     extend = grid is None
     if grid is None:
@@ -130,7 +166,9 @@ def tune_validation(
         raise InputError(f"grid must hold finite prior precisions > 0, got {values}")
 
     def nll(v: float) -> float:
-        return predictive_nll(la, val_loader, n_samples, linearized, v)
+        if link_approx == "mc":  # the Monte-Carlo predictive, as before link_approx existed
+            return predictive_nll(la, val_loader, n_samples, linearized, v)
+        return predictive_nll(la, val_loader, n_samples, linearized, v, link_approx)
 
     tried = [(v, nll(v)) for v in values]
     best = min(range(len(tried)), key=lambda i: tried[i][1])
@@ -146,4 +184,13 @@ def tune_validation(
                 break
             value, score = tried[-1]
     chosen = min(tried, key=lambda t: t[1])[0]
-    return torch.tensor(chosen, dtype=la.dtype, device=la.device), tried
+    record = check_grid_edge(
+        "Laplace prior precision (validation NLL)",
+        [v for v, _ in tried],
+        chosen,
+        low=LOW_DELTA,
+        high=HIGH_DELTA,
+        remedy="widen the grid" if not extend else "pass a wider grid",
+        stacklevel=3,
+    )
+    return torch.tensor(chosen, dtype=la.dtype, device=la.device), tried, record

@@ -7,6 +7,7 @@ probabilities over samples. Both work in chunks of samples to bound memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,11 +15,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
-from tacitbayes.batches import Inputs, check_loader, iter_batches, move_inputs
+from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, iter_batches, move_inputs
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, unflatten
 
-__all__ = ["average_probabilities", "sample_logits", "validation_nll"]
+__all__ = [
+    "average_probabilities",
+    "bernoulli_probabilities",
+    "sample_logits",
+    "validation_nll",
+]
 
 
 def sample_logits(
@@ -61,6 +67,28 @@ def average_probabilities(logits: Tensor, temperature: float = 1.0) -> Tensor:
     return torch.softmax(logits / temperature, dim=-1).mean(0)
 
 
+def bernoulli_probabilities(logits: Tensor) -> Tensor:
+    """Monte-Carlo predictive of a one-logit classifier: [1 − p̄, p̄], p̄ = (1/S) Σ_s σ(f_s); (N, 2)."""
+    if logits.shape[-1] != 1:
+        raise InputError(f"a binary classifier has one output (logit), got {logits.shape[-1]}")
+    p = torch.sigmoid(logits).mean(0)
+    return torch.cat([1 - p, p], dim=-1)
+
+
+def _nll_sum(logits: Tensor, y: Tensor, likelihood: str, noise_variance: float) -> float:
+    """Σ_n −log p̄(y_n | x_n) of the Monte-Carlo predictive of samples ``logits`` (S, N, O)."""
+    if likelihood == "regression":
+        mean, var = logits.mean(0), logits.var(0, unbiased=False) + noise_variance
+        y = y.reshape(mean.shape).to(mean.dtype)
+        nll = 0.5 * (torch.log(2 * math.pi * var) + (y - mean).square() / var)
+        return float(nll.sum())
+    if likelihood == "binary":
+        probs = bernoulli_probabilities(logits)
+    else:
+        probs = average_probabilities(logits)
+    return float(-probs.gather(1, y.reshape(-1, 1).long()).clamp_min(1e-12).log().sum())
+
+
 def validation_nll(
     model: nn.Module,
     deltas: Tensor,
@@ -69,18 +97,24 @@ def validation_nll(
     *,
     param_names: str | Sequence[str] | None = None,
     chunk_size: int = 8,
+    likelihood: str = "classification",
+    noise_variance: float = 0.0,
 ) -> list[float]:
     """Mean NLL of the linearised predictive with perturbations δ_s/√α, for each α; streamed.
 
-    −(1/N) Σ_n log (1/S) Σ_s softmax(f(θ*, x_n) + J(x_n) δ_s / √α)_{y_n}, one batch at a time.
+    Classification: −(1/N) Σ_n log (1/S) Σ_s softmax(f(θ*, x_n) + J(x_n) δ_s / √α)_{y_n};
+    binary: the same with [1 − σ(f), σ(f)]; regression: the Gaussian NLL of the samples'
+    mean and variance plus ``noise_variance`` (σ²), summed over outputs. One batch at a time.
     """
+    if likelihood not in ("classification", "binary", "regression"):
+        raise InputError(f"unknown likelihood {likelihood!r}")
     totals = torch.zeros(len(precisions), dtype=torch.float64)
     count = 0
     fmodel = FunctionalModel(model, param_names)
     params = fmodel.params()
     first = next(iter(params.values()))
     for x, y in iter_batches(
-        check_loader(loader, "the validation loader"), first.device, first.dtype
+        as_loader(loader, FIT_BATCH_SIZE, what="the validation loader"), first.device, first.dtype
     ):
         with torch.no_grad():
             shifted = sample_logits(
@@ -88,10 +122,9 @@ def validation_nll(
             )
             f0 = fmodel(params, x)
         shifts = shifted - f0
-        y = y.to(f0.device).long()
+        y = y.to(f0.device)
         for i, alpha in enumerate(precisions):
-            probs = average_probabilities(f0 + shifts / float(alpha) ** 0.5)
-            totals[i] -= probs.gather(1, y[:, None]).clamp_min(1e-12).log().sum().double().cpu()
+            totals[i] += _nll_sum(f0 + shifts / float(alpha) ** 0.5, y, likelihood, noise_variance)
         count += len(y)
     if count == 0:
         raise InputError("the validation loader yields no batch")

@@ -30,9 +30,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.batches import Batch, Inputs, cat_inputs, check_loader, read_batch, slice_inputs
+from tacitbayes.batches import (
+    FIT_BATCH_SIZE,
+    Batch,
+    Inputs,
+    as_loader,
+    cat_inputs,
+    n_examples,
+    read_batch,
+    slice_inputs,
+)
+from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
-from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
+from tacitbayes.curvature.ntk import (
+    KernelFactors,
+    kernel_factors,
+    ntk_blocks,
+    ntk_cross,
+    ntk_gram,
+)
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.posteriors.kernel_projection import (
@@ -44,6 +60,7 @@ from tacitbayes.posteriors.kernel_projection import (
     nystrom_preconditioner,
     nystrom_projection,
 )
+from tacitbayes.posteriors.laplace_api import check_prediction, closed_form_output
 from tacitbayes.posteriors.null_space import (
     BatchInverse,
     ProjectionInfo,
@@ -52,12 +69,22 @@ from tacitbayes.posteriors.null_space import (
     krylov_projection,
     null_space_residual,
 )
-from tacitbayes.posteriors.predictive import average_probabilities, sample_logits, validation_nll
+from tacitbayes.posteriors.predictive import (
+    average_probabilities,
+    bernoulli_probabilities,
+    sample_logits,
+    validation_nll,
+)
+from tacitbayes.search import check_grid_edge
 
 __all__ = ["ProjectedPosterior"]
 
 SOLVERS = ("auto", "gram", "nystrom", "krylov", "alternating")
-LIKELIHOODS = {"classification": "cross_entropy", "regression": "mse"}
+LIKELIHOODS = {
+    "classification": "cross_entropy",
+    "binary": "binary_cross_entropy",
+    "regression": "mse",
+}
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for the solver's kernel matrices
 
 
@@ -65,7 +92,7 @@ class _Pairs:
     """A re-iterable view of a loader as (inputs, target) batches, re-batched to ``size`` if given."""
 
     def __init__(self, loader: Iterable[Any], size: int | None = None) -> None:
-        self.loader, self.size = check_loader(loader, "the loader"), size
+        self.loader, self.size = as_loader(loader, FIT_BATCH_SIZE, what="the loader"), size
 
     def __iter__(self) -> Iterator[Batch]:
         pairs = (read_batch(batch) for batch in self.loader)
@@ -110,6 +137,7 @@ class ProjectedPosterior:
         chunk_size: int | None = None,
         seed: int = 0,
         progress: bool = False,
+        sigma_noise: float | None = None,
     ) -> None:
         if likelihood not in LIKELIHOODS:
             raise InputError(
@@ -133,6 +161,7 @@ class ProjectedPosterior:
         self.solver = solver
         self.loss_projected = loss_projected
         self.prior_precision = self._check_precision(prior_precision)
+        self.tuning: dict[str, Any] = {}  # how optimize_prior_precision chose α
         self.evidence_precision: float | None = None
         self.tol, self.max_iters, self.n_sweeps = tol, max_iters, n_sweeps
         self.projection_batch_size = projection_batch_size
@@ -144,6 +173,13 @@ class ProjectedPosterior:
             seed,
         )
         self.progress = progress
+        if likelihood != "regression" and sigma_noise is not None:
+            raise InputError("sigma_noise applies to likelihood='regression' only")
+        if sigma_noise is not None and not (0 < float(sigma_noise) < math.inf):
+            raise InputError(f"sigma_noise must be finite and > 0, got {sigma_noise}")
+        # regression: σ given, or estimated by the evidence (see estimate_sigma_noise)
+        self.sigma_noise: float | None = None if sigma_noise is None else float(sigma_noise)
+        self.estimate_sigma = likelihood == "regression" and sigma_noise is None
         self.solver_used: str | None = None
         self._jac: DataJacobian | None = None
         self._small_jac: DataJacobian | None = None
@@ -198,7 +234,7 @@ class ProjectedPosterior:
         if self.solver_used == "gram":
             self._factors = self._gram_factors(rows)
         if self.solver_used == "gram" and self._factors is not None:
-            self._gram = GramSolver(ntk_cross(self._factors, self._factors))
+            self._gram = GramSolver(ntk_gram(self._factors))
         if self.solver_used == "nystrom":
             # the kernel columns (rows × rank) and the landmarks' factors share the budget
             landmarks = (self.memory_budget // 2) // factor_bytes_per_example(self._jac)
@@ -218,6 +254,8 @@ class ProjectedPosterior:
         self._eps = torch.empty(self.n_params, 0, dtype=self._theta.dtype)
         self._projected = torch.empty_like(self._eps)
         self.infos = []
+        if self.estimate_sigma:
+            self.sigma_noise = None  # re-estimated for these data at first use
         self.setup_seconds = time.perf_counter() - start
         return self
 
@@ -336,24 +374,90 @@ class ProjectedPosterior:
         outputs = self.sample_outputs(x, n_samples, linearized)
         if self.likelihood == "classification":
             return average_probabilities(outputs)
-        return outputs.mean(0), outputs.var(0, unbiased=False)
+        if self.likelihood == "binary":
+            return bernoulli_probabilities(outputs)
+        return outputs.mean(0), outputs.var(0, unbiased=False) + self.noise_variance(n_samples)
 
-    def linearized_covariance(self, x: Inputs) -> Tensor:
-        """Sample-free Cov[J(x)δ] = α⁻¹(K** − K*X K⁺ K_X*) per input: (N, O, O). Needs ``gram``."""
+    def noise_variance(self, n_samples: int = 32) -> float:
+        """σ² of the regression likelihood: given, or estimated by :meth:`estimate_sigma_noise`."""
+        if self.likelihood != "regression":
+            raise InputError("the observation noise applies to likelihood='regression' only")
+        if self.sigma_noise is None:
+            self.estimate_sigma_noise(n_samples)
+        assert self.sigma_noise is not None
+        return self.sigma_noise**2
+
+    def estimate_sigma_noise(self, n_samples: int = 32) -> float:
+        """σ² = ‖y − f(θ*)‖²/(N·O − rank J), rank J = P − tr 𝒫 (Hutchinson): the evidence's fixed point.
+
+        Warns, and uses σ_ML = ‖y − f‖/√(N·O), when N·O − rank J < 5% of N·O (the network
+        (nearly) interpolates its targets): then pass ``sigma_noise`` or tune on validation data.
+        """
+        from tacitbayes.posteriors.noise import projected_sigma
+
+        if self.likelihood != "regression":
+            raise InputError("the observation noise applies to likelihood='regression' only")
+        jac = self._fitted()
+        values = jac.n_data * jac.network_outputs
+        rank = self.n_params - self.trace_projector(n_samples)
+        sigma, reliable = projected_sigma(jac.loss_sum, values, rank)
+        if not reliable:
+            warnings.warn(
+                f"rank J ≈ {rank:.0f} of N·O = {values} training values: the network fits its "
+                f"targets, so the residuals say little about σ; using σ_ML = {sigma:.3g}. Pass "
+                "sigma_noise=... or tune on validation data",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.sigma_noise = sigma
+        return sigma
+
+    def linearized_covariance(self, x: Inputs, max_bytes: int | None = None) -> Tensor:
+        """Sample-free Cov[J(x)δ] = α⁻¹(K** − K*X K⁺ K_X*) per input: (N, O, O). Needs ``gram``.
+
+        Only the per-input blocks K**_n = J_n J_nᵀ are formed; the inputs go in chunks whose
+        test factors, cross kernel (rows × chunk·O) and its solve fit ``max_bytes``
+        (default: the working budget of :mod:`tacitbayes.budget`).
+        """
         if self._gram is None or self._factors is None:
             raise InputError(
                 "the sample-free covariance needs the dense kernel (solver='gram'); "
-                "use sample_outputs(x).var(0) for the Monte Carlo estimate"
+                "use link_approx='mc' or sample_outputs(x).var(0) for the Monte Carlo estimate"
             )
         jac = self._fitted()
-        test = kernel_factors(self.model, x, outputs="logits", param_names=list(jac.params))
-        n, o = test.n, test.n_outputs
-        k_test = ntk_cross([test], [test]).view(n, o, n, o)
-        own = k_test[torch.arange(n), :, torch.arange(n), :]  # (N, O, O)
-        cross = ntk_cross(self._factors, [test])  # (rows, N·O)
-        solved = self._gram.solve(cross, max_steps=2)
-        explained = torch.einsum("rni,rnj->nij", cross.view(-1, n, o), solved.view(-1, n, o))
-        return (own - explained) / self.prior_precision
+        names = list(jac.params)
+        n = n_examples(x)
+        one = kernel_factors(self.model, slice_inputs(x, 0, 1), outputs="logits", param_names=names)
+        per_input = one.nbytes() + 6 * 8 * self._gram.rows * one.n_outputs
+        chunk = items_per_chunk(per_input, n, max_bytes)
+        blocks = []
+        for start in range(0, n, chunk):
+            part = slice_inputs(x, start, min(n, start + chunk))
+            test = kernel_factors(self.model, part, outputs="logits", param_names=names)
+            m, o = test.n, test.n_outputs
+            cross = ntk_cross(self._factors, [test])  # (rows, m·O)
+            solved = self._gram.solve(cross, max_steps=2)
+            explained = torch.einsum("rni,rnj->nij", cross.view(-1, m, o), solved.view(-1, m, o))
+            blocks.append(ntk_blocks(test) - explained)
+        return torch.cat(blocks) / self.prior_precision
+
+    def __call__(
+        self, x: Inputs, pred_type: str = "glm", link_approx: str = "probit", n_samples: int = 100
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """laplace-torch-style predictive: probit/bridge of N(f(θ*, x), :meth:`linearized_covariance`) or "mc".
+
+        Regression with "glm": (f(θ*, x), diag Cov + σ²) in closed form. Monte Carlo
+        (``link_approx="mc"``) is :meth:`predict` with ``n_samples`` projected samples.
+        """
+        if not check_prediction(self.likelihood, pred_type, link_approx):
+            return self.predict(x, n_samples, linearized=pred_type == "glm")
+        names = list(self._fitted().params)
+        fmodel = FunctionalModel(self.model, names)
+        with torch.no_grad():
+            mean = fmodel(fmodel.params(), x)
+        cov = self.linearized_covariance(x).to(mean.dtype)
+        noise = self.noise_variance(n_samples) if self.likelihood == "regression" else 0.0
+        return closed_form_output(self.likelihood, mean, cov, link_approx, noise)
 
     # ------------------------------------------------------------------ prior precision
     def trace_projector(self, n_samples: int = 32) -> float:
@@ -379,15 +483,17 @@ class ProjectedPosterior:
         """Set α by the linearised evidence (α = r/‖θ*‖², default) or by validation NLL.
 
         The validation grid spans 10⁻²…10⁶ times the evidence value in half decades; the
-        validation loader is streamed (one batch at a time).
+        validation loader is streamed (one batch at a time). ``tuning`` records the grid, its
+        NLLs and whether α stopped at an end of the grid (then a RuntimeWarning).
         """
         if method == "evidence":
+            self.tuning = {"method": "evidence"}
             self.prior_precision = self._check_precision(self.evidence_prior_precision(n_samples))
+            if self.estimate_sigma:
+                self.estimate_sigma_noise(n_samples)
             return self.prior_precision
         if method != "validation":
             raise InputError(f"unknown method {method!r}; available: evidence, validation")
-        if self.likelihood != "classification":
-            raise InputError("validation tuning is implemented for classification")
         if val_loader is None:
             raise InputError("method='validation' needs val_loader")
         centre = self.evidence_prior_precision(n_samples)
@@ -403,8 +509,20 @@ class ProjectedPosterior:
             grid,
             param_names=self.param_names,
             chunk_size=self.chunk_size or 8,
+            likelihood=self.likelihood,
+            noise_variance=self.noise_variance(n_samples)
+            if self.likelihood == "regression"
+            else 0.0,
         )
         self.prior_precision = grid[int(torch.tensor(nll).argmin())]
+        edge = check_grid_edge(
+            "projected prior precision (validation NLL)",
+            grid,
+            self.prior_precision,
+            low="the posterior is as wide as the prior allows and may underfit",
+            high="the posterior may predict like MAP",
+        )
+        self.tuning = {"method": "validation", "grid": list(grid), "nll": list(nll), **edge}
         return self.prior_precision
 
     # ------------------------------------------------------------------ diagnostics and state
@@ -418,6 +536,7 @@ class ProjectedPosterior:
         """Everything needed to predict again without refitting (not the training data)."""
         return {
             "prior_precision": self.prior_precision,
+            "sigma_noise": self.sigma_noise,
             "theta": None if self._theta is None else self._theta.clone(),
             "eps": self._eps.clone(),
             "projected": self._projected.clone(),
@@ -443,6 +562,8 @@ class ProjectedPosterior:
         ):
             raise InputError("the model's parameters are not the θ* this state_dict was fitted at")
         self.prior_precision = self._check_precision(state["prior_precision"])
+        if state.get("sigma_noise") is not None:
+            self.sigma_noise = float(state["sigma_noise"])
         self._theta, self._eps, self._projected = (
             theta.clone(),
             state["eps"].clone(),

@@ -1,4 +1,4 @@
-"""Learned Kronecker priors, Kronecker and diagonal Gaussians, PAC-Bayes bounds (METHODS.md §4)."""
+"""Learned Kronecker priors, Kronecker/diagonal Gaussians, PAC-Bayes bounds (docs/methods.md §4)."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ depend on them (a prior learned on another task is fine):
 * kl-inverse (Seeger 2002, Maurer 2004): L ≤ kl⁻¹(L̂, (KL + ln(2√n/δ)) / n), never looser than
   McAllester (Pinsker) and always ≤ 1;
 * Catoni (2007): L ≤ (1 − exp(−c L̂ − (KL + ln(1/δ))/n)) / (1 − e^{−c}) for a c > 0 fixed in
-  advance. METHODS.md writes inf over c; the infimum is only valid with a union bound, so c is
-  optimised over a fixed geometric grid and ln|grid| is added to KL + ln(1/δ).
+  advance. The bound is often stated with inf over c; the infimum is only valid with a union
+  bound, so c is optimised over a fixed geometric grid and ln|grid| is added to KL + ln(1/δ).
 
 Choosing hyper-parameters (of P or Q) from a grid of G points by the bound costs ln G, added to
 KL (:func:`union_bound_cost`). L̂(Q) estimated by Monte Carlo needs its own confidence term,
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tacitbayes.errors import InputError
+from tacitbayes.search import check_grid_edge
 
 __all__ = [
     "BOUND_KINDS",
@@ -181,6 +182,7 @@ def pac_bayes_bound(
     δ_mc = ``delta_mc_fraction``·δ goes to the Monte Carlo estimate L̂_m (m independent draws),
     δ_pb = δ − δ_mc to the PAC-Bayes bound; a union bound makes both hold with probability
     ≥ 1 − δ. G = ``grid_size`` hyper-parameter candidates. ``bound`` is the one of ``kind``.
+    ``catoni_c_search``: whether Catoni's c stopped at an end of ``CATONI_GRID`` (then warns).
     """
     if kind not in BOUND_KINDS:
         raise InputError(f"unknown bound kind {kind!r}; choose one of {list(BOUND_KINDS)}")
@@ -207,6 +209,9 @@ def pac_bayes_bound(
         "mcallester": mcallester_bound(upper, kl + cost, n, d_pb),
         "catoni": catoni,
         "catoni_c": c,
+        "catoni_c_search": check_grid_edge(
+            "Catoni's c", CATONI_GRID, c, remedy="the Catoni bound could be tighter off its grid"
+        ),
         "kl_inverse": kl_inverse_bound(upper, kl + cost, n, d_pb),
         "kind": kind,
     }

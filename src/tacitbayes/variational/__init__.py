@@ -1,7 +1,7 @@
 """Implicit-bias variational inference (IBVI): a variational wrapper for any Linear/Conv2d
 network, SP/NTK/μP parametrizations, the linear-regression theorem, temperature, training.
 
-See METHODS.md §2 (Wenger et al., ICLR 2026).
+See docs/methods.md §2 (Wenger et al., ICLR 2026).
 """
 
 from tacitbayes.variational.linear_theory import (

@@ -5,7 +5,9 @@ with S_l ∈ R^{P_l×R} (``covariance="lowrank"``) or S_l = diag(s_l)
 (``covariance="diagonal"``); the other parameters stay deterministic. A forward
 pass draws w_l = μ_l + S_l z_l, z_l ~ N(0, I_R) (one z per layer shared by its weight
 and bias) and evaluates the network through the functional view
-(``torch.func.functional_call``), so the wrapped module's parameters are never modified.
+(``torch.func.functional_call``), so a sampled pass never writes into the parameters.
+The wrapper holds its own deep copy of the module it is given (``vnet.model``): the
+caller's module is never modified, neither by ``init=True`` nor by training.
 Sampled forward passes follow the train/eval mode like any PyTorch model: in train mode
 dropout fires and BatchNorm uses batch statistics (updating its running statistics);
 ``predict`` always runs in eval mode.
@@ -15,51 +17,38 @@ The means μ_l *are* the wrapped module's own parameters; the factors live in
 shape (R, numel), columns in that parameter's ``reshape(-1)`` order; :meth:`factor`
 returns S_l ∈ R^{P_l×R}, weight rows then bias rows). The transposed storage makes
 S z a contiguous pass and its gradient z gᵀ a single write. Initialisation is the
-prior (METHODS.md §2): μ at the parametrization's init, each entry of S_l drawn from
-N(0, s²/R) with s the layer's init std, so E[S_l S_lᵀ] = s² I; diagonal: s_i = s.
+prior (docs/methods.md §2): with ``init=True`` μ at the parametrization's init; each entry
+of S_l drawn from N(0, s²/R) with s the layer's init std, so E[S_l S_lᵀ] = s² I;
+diagonal: s_i = s.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from tacitbayes.batches import Inputs, call_model, move_inputs, n_examples
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, eval_mode
+from tacitbayes.likelihoods import LOSSES, check_likelihood, mc_predictive, mean_loss
 from tacitbayes.variational import parametrization as P
 
 __all__ = ["COVARIANCES", "LOSSES", "VariationalModel", "loss_value"]
 
 COVARIANCES = ("lowrank", "diagonal")
-LOSSES = ("cross_entropy", "mse")
 Params = dict[str, Tensor]
 
 
 def loss_value(output: Tensor, y: Tensor, loss: str | Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Mean over the batch of −log softmax(f)_y, or ½‖f − t‖² (t = onehot(y) for integer y, else y)."""
+    """Mean over the batch of ℓ(f_n, y_n): ``loss(f, y)`` if callable, else the named loss (mean_loss)."""
     if callable(loss):
         return loss(output, y)
-    if loss == "cross_entropy":
-        return F.cross_entropy(output, y)
-    if loss == "mse":
-        if y.dtype.is_floating_point:
-            if y.numel() != output.numel():
-                raise InputError(
-                    f"mse targets of shape {tuple(y.shape)} do not match outputs of shape "
-                    f"{tuple(output.shape)}"
-                )
-            target = y.reshape(output.shape).to(output.dtype)
-        else:
-            target = F.one_hot(y, output.shape[-1]).to(output.dtype)
-        return 0.5 * (output - target).pow(2).reshape(len(output), -1).sum(-1).mean()
-    raise InputError(f"unknown loss {loss!r}; available: {', '.join(LOSSES)} or a callable")
+    return mean_loss(output, y, loss)
 
 
 def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[str, ...]:
@@ -112,11 +101,14 @@ class _LowRankSample(torch.autograd.Function):
 class VariationalModel(nn.Module):
     """q(w) = Π_l N(μ_l, S_l S_lᵀ) on chosen layers of ``model``; f(x) evaluated at w = μ + S z.
 
+    ``init`` (required, keyword): ``True`` starts from the prior, as IBVI does: every
+    Linear/Conv2d is re-initialised under ``parametrization`` (see
+    :mod:`tacitbayes.variational.parametrization`), so trained weights are discarded;
+    ``False`` keeps the module's weights as the means (e.g. to start from a MAP fit). Either
+    way ``model`` itself is left untouched: the wrapper works on a deep copy, ``vnet.model``.
     ``layers``: module names of nn.Linear / nn.Conv2d submodules (default: the first and
     the last such layer; ``[]``: none, a deterministic network with the parametrization).
-    ``init=True`` re-initialises every Linear/Conv2d of ``model`` under ``parametrization``
-    (see :mod:`tacitbayes.variational.parametrization`); ``init=False`` keeps its weights
-    as the means. Mode: in train mode (``vnet.train()``, the nn.Module default) the sampled
+    Mode: in train mode (``vnet.train()``, the nn.Module default) the sampled
     passes of ``forward``/``expected_loss`` run the wrapped network with its own train
     flags (dropout fires, BatchNorm normalises by batch statistics and updates its running
     statistics); in eval mode, and always in ``predict``/``functional``, it runs in eval
@@ -130,17 +122,25 @@ class VariationalModel(nn.Module):
         covariance: str = "lowrank",
         rank: int = 8,
         parametrization: str = "sp",
-        init: bool = True,
+        *,
+        init: bool,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise InputError(f"expected an nn.Module, got {type(model).__name__}")
+        if not isinstance(init, bool):
+            raise InputError(
+                f"init must be True (start from the prior, re-initialising a copy) or False "
+                f"(keep the weights as the means), got {init!r}"
+            )
         if covariance not in COVARIANCES:
             raise InputError(
                 f"unknown covariance {covariance!r}; available: {', '.join(COVARIANCES)}"
             )
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise InputError(f"rank must be an integer >= 1, got {rank!r}")
+        _resolve_layers(model, layers)  # bad names fail before the copy
+        model = copy.deepcopy(model)  # the caller's module is never modified
         self.model = model
         self.parametrization = P.check_parametrization(parametrization)
         self.covariance = covariance
@@ -175,6 +175,9 @@ class VariationalModel(nn.Module):
         if missing:
             raise InputError(f"variational parameters {missing} are shared or frozen")
         self.register_buffer("temperature", torch.ones(()))
+        self.temperature_tuning: dict[
+            str, Any
+        ] = {}  # fit_temperature's search record (edge, range)
 
     # ------------------------------------------------------------------ sampling
 
@@ -294,24 +297,35 @@ class VariationalModel(nn.Module):
         *,
         samples: Sequence[Params] | None = None,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """(1/K) Σ_k softmax(f(w_k, x)/T): class probabilities of shape (len(x), n_classes).
+        likelihood: str = "classification",
+        sigma_noise: float = 0.0,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """MC predictive over w_k ~ q: (1/K) Σ_k softmax(f(w_k, x)/T), [1 − p̄, p̄] or (mean_k f, var_k f + σ²).
 
+        ``likelihood`` (see :mod:`tacitbayes.likelihoods`): "classification" gives class
+        probabilities (len(x), C); "binary" (one logit) gives (len(x), 2) with
+        p̄ = (1/K) Σ_k σ(f(w_k, x)/T); "regression" gives (mean, variance) of the outputs
+        over the K samples, each (len(x), O), the variance plus ``sigma_noise``² (σ, the
+        observation noise, is not learned by IBVI: pass it; 0 leaves the spread of f).
+        T is ``temperature`` or the fitted ``vnet.temperature`` (not used in regression).
         Always in eval mode (dropout off, BatchNorm on running statistics); the train/eval
         flags of this model and its submodules are restored afterwards.
         """
-        temp = float(self.temperature) if temperature is None else float(temperature)
-        if not temp > 0:
-            raise InputError(f"temperature must be positive, got {temperature!r}")
+        if check_likelihood(likelihood) == "regression":
+            temp = 1.0 if temperature is None else temperature
+        else:
+            temp = float(self.temperature) if temperature is None else temperature
         if samples is None:
             if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
                 raise InputError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-            samples = [self.sample(generator) for _ in range(n_samples)]
-        if not samples:
+            draws: Iterable[Params] = (self.sample(generator) for _ in range(n_samples))
+        elif not samples:
             raise InputError("samples is empty")
+        else:
+            draws = samples
         with eval_mode(self):
-            probs = sum(torch.softmax(self.fmodel(s, x) / temp, dim=-1) for s in samples)
-        return probs / len(samples)  # type: ignore[operator]
+            outputs = (self.fmodel(s, x) for s in draws)
+            return mc_predictive(outputs, likelihood, temp, sigma_noise)
 
     # ------------------------------------------------------------------ optimisation
 

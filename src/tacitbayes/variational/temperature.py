@@ -9,9 +9,12 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from tacitbayes.errors import InputError
+from tacitbayes.search import check_grid_edge
 from tacitbayes.variational.model import VariationalModel
 
 __all__ = ["fit_temperature", "sampled_nll"]
+
+XATOL = 1e-3  # tolerance of the bounded search on log T
 
 
 def sampled_nll(logits: Tensor, y: Tensor, temperature: float) -> float:
@@ -40,7 +43,8 @@ def fit_temperature(
     examples. Without it a small validation set that the network classifies perfectly
     drives T → 0 (the NLL keeps falling), turning the predictive into a hard vote of the
     samples that is badly overconfident on the errors of the test set. The search over
-    log T is bounded by ``bounds``.
+    log T is bounded by ``bounds``; a T* at a bound warns (RuntimeWarning) and
+    ``vnet.temperature_tuning`` records the search (``at_edge``, ``edge``, ``range``).
     """
     if len(val_x) == 0 or len(val_x) != len(val_y):
         raise InputError(
@@ -68,8 +72,18 @@ def fit_temperature(
         lambda log_t: sampled_nll(logits, y, math.exp(log_t)) + penalty * log_t**2,
         bounds=(math.log(bounds[0]), math.log(bounds[1])),
         method="bounded",
-        options={"xatol": 1e-3},
+        options={"xatol": XATOL},
     )
     temperature = math.exp(float(result.x))
     vnet.temperature.fill_(temperature)
+    vnet.temperature_tuning = check_grid_edge(
+        "temperature",
+        bounds,
+        temperature,
+        tol=10 * XATOL,
+        log=True,
+        low="the predictive is a near-hard vote of the samples (overconfident)",
+        high="the predictive is near uniform",
+        remedy="widen the bounds or keep the prior on log T (prior_std)",
+    )
     return temperature

@@ -1,18 +1,33 @@
-"""Train a ``VariationalModel`` by the expected loss alone (IBVI): no KL, the init is the prior."""
+"""Train a ``VariationalModel`` by the expected loss alone (IBVI): no KL, the init is the prior.
+
+Data as in :func:`tacitbayes.training.train_map`: a DataLoader or any re-iterable of
+batches is used as given; a Dataset is batched by ``config.batch_size`` and shuffled by
+(seed, epoch) (:func:`tacitbayes.batches.as_loader`). Losses: ``"cross_entropy"``,
+``"mse"`` (½‖f − y‖², real targets for regression) and ``"binary_cross_entropy"`` (one
+logit), see :mod:`tacitbayes.likelihoods`.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tacitbayes.data import minibatches
+from tacitbayes.batches import as_loader, iter_batches, n_batches
+from tacitbayes.devices import model_device, model_dtype
 from tacitbayes.errors import InputError
-from tacitbayes.training import epoch_batches, minibatch_epoch, scheduled_lr
-from tacitbayes.variational.model import LOSSES, VariationalModel
+from tacitbayes.likelihoods import LOSSES
+from tacitbayes.training import (
+    EVAL_BATCH,
+    epoch_batches,
+    minibatch_epoch,
+    scheduled_lr,
+    validation_metrics,
+)
+from tacitbayes.variational.model import VariationalModel
 
 __all__ = ["IBVIConfig", "IBVIResult", "train_ibvi"]
 
@@ -76,37 +91,41 @@ def make_optimizer(vnet: VariationalModel, config: IBVIConfig) -> torch.optim.Op
 
 
 @torch.no_grad()
-def mean_accuracy(vnet: VariationalModel, dataset: Dataset, batch_size: int = 1000) -> float:
-    """Accuracy of the mean network f(μ, ·), in eval mode (the functional view)."""
+def mean_metrics(vnet: VariationalModel, data: Any, loss: str) -> dict[str, float]:
+    """Loss and (class labels) accuracy of the mean network f(μ, ·), in eval mode (the functional view)."""
     params = {n: p.detach() for n, p in vnet.model.named_parameters()}
     params = {n: params[n] for n in vnet.fmodel.param_names}
-    correct = total = 0
-    for x, y in minibatches(dataset, batch_size):
-        correct += int((vnet.functional(params, x).argmax(-1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    forward = lambda x: vnet.functional(params, x)  # noqa: E731
+    return validation_metrics(forward, data, loss, model_device(vnet), model_dtype(vnet))
 
 
 def train_ibvi(
     vnet: VariationalModel,
-    train_set: Dataset,
+    train_set: Any,
     config: IBVIConfig | None = None,
     *,
-    val_set: Dataset | None = None,
+    val_set: Any | None = None,
 ) -> IBVIResult:
     """Minimise the MC expected loss (1/N) Σ_n E_q ℓ(y_n, f(w, x_n)) by minibatch steps; no KL.
 
-    The steps run with ``vnet`` in train mode (dropout fires, BatchNorm uses batch statistics
-    and updates its running statistics); the validation accuracy is taken in eval mode, and
-    the caller's train/eval flags of ``vnet`` and every submodule are restored at the end.
+    ``train_set``/``val_set``: a DataLoader or re-iterable of batches, or a Dataset
+    (batched by ``config.batch_size``, shuffled by (seed, epoch); validation in order).
+    Batches follow ``vnet``'s device and dtype. The steps run with ``vnet`` in train mode
+    (dropout fires, BatchNorm uses batch statistics and updates its running statistics);
+    the validation loss and accuracy of the mean network are taken in eval mode, and the
+    caller's train/eval flags of ``vnet`` and every submodule are restored at the end.
     """
     config = config or IBVIConfig()
     config.validate()
+    loader = as_loader(
+        train_set, config.batch_size, shuffle=True, seed=config.seed, what="train_set"
+    )
+    val_loader = None if val_set is None else as_loader(val_set, EVAL_BATCH, what="val_set")
     optimizer = make_optimizer(vnet, config)
     flags = [(m, m.training) for m in vnet.modules()]
     vnet.train()
     try:
-        return _train_epochs(vnet, train_set, config, optimizer, val_set)
+        return _train_epochs(vnet, loader, config, optimizer, val_loader)
     finally:
         for m, flag in flags:
             m.training = flag
@@ -114,13 +133,14 @@ def train_ibvi(
 
 def _train_epochs(
     vnet: VariationalModel,
-    train_set: Dataset,
+    loader: Any,
     config: IBVIConfig,
     optimizer: torch.optim.Optimizer,
-    val_set: Dataset | None,
+    val_loader: Any | None,
 ) -> IBVIResult:
     """The epoch loop of :func:`train_ibvi` (``vnet`` already in train mode)."""
-    steps_per_epoch = -(-len(train_set) // config.batch_size)  # type: ignore[arg-type]
+    device, dtype = model_device(vnet), model_dtype(vnet)
+    steps_per_epoch = n_batches(loader)
     total_steps = steps_per_epoch * config.epochs
     result = IBVIResult()
     bar = tqdm(
@@ -129,7 +149,9 @@ def _train_epochs(
     for epoch in bar:
         train_loss = minibatch_epoch(
             optimizer,
-            epoch_batches(train_set, config.batch_size, config.seed, epoch),
+            iter_batches(
+                epoch_batches(loader, config.batch_size, config.seed, epoch), device, dtype
+            ),
             lambda x, y: vnet.expected_loss(x, y, n_samples=config.n_samples, loss=config.loss),
             lambda step, e=epoch: scheduled_lr(
                 config.lr, e * steps_per_epoch + step, total_steps, config.schedule
@@ -138,8 +160,9 @@ def _train_epochs(
             what="expected loss",
         )
         record = {"epoch": epoch + 1, "train_loss": train_loss}
-        if val_set is not None:
-            record["val_accuracy_mean"] = mean_accuracy(vnet, val_set)
+        if val_loader is not None:
+            metrics = mean_metrics(vnet, val_loader, config.loss)
+            record |= {f"val_{k}_mean": v for k, v in metrics.items()}
         result.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
     return result

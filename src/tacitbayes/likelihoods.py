@@ -1,0 +1,138 @@
+"""Likelihoods of the sampled predictives, and the training losses that go with them.
+
+==================  ====================================  =================================
+likelihood          Monte Carlo predictive over samples   training loss (mean over a batch)
+==================  ====================================  =================================
+``classification``  (1/S) Σ_s softmax(f_s/T), (N, C)      ``cross_entropy``: −log softmax(f)_y
+``binary``          [1 − p̄, p̄], p̄ = (1/S) Σ_s σ(f_s/T),   ``binary_cross_entropy``:
+                    (N, 2); one logit per example         softplus(f) − y f, y ∈ {0, 1}
+``regression``      (mean_s f_s, var_s f_s + σ²),         ``mse``: ½‖f − y‖²
+                    each (N, O)
+==================  ====================================  =================================
+
+The loss names are those of :mod:`tacitbayes.curvature.losses`. ``mse`` with integer
+targets one-hot encodes them (a classifier trained on the squared loss). In regression,
+var_s is the variance over the S samples (divided by S) and σ (``sigma_noise``) the
+observation noise, given by the caller: 0 gives the spread of the network's outputs alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tacitbayes.errors import InputError
+from tacitbayes.posteriors.predictive import average_probabilities, bernoulli_probabilities
+
+__all__ = ["LIKELIHOODS", "LOSSES", "check_likelihood", "mc_predictive", "mean_loss"]
+
+#: Each likelihood's training loss.
+LIKELIHOODS = {
+    "classification": "cross_entropy",
+    "regression": "mse",
+    "binary": "binary_cross_entropy",
+}
+LOSSES = tuple(LIKELIHOODS.values())
+
+
+def check_likelihood(likelihood: str) -> str:
+    """Return ``likelihood`` if it is one of :data:`LIKELIHOODS`, else raise InputError."""
+    if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
+        raise InputError(f"unknown likelihood {likelihood!r}; available: {', '.join(LIKELIHOODS)}")
+    return likelihood
+
+
+def _one_logit(output: Tensor, what: str) -> Tensor:
+    """The outputs as (N, 1): one logit per example, else InputError."""
+    if output.ndim == 1:
+        return output.unsqueeze(-1)
+    if output.ndim != 2 or output.shape[-1] != 1:
+        raise InputError(
+            f"{what} needs a model with one output (a logit) per example, got outputs of "
+            f"shape {tuple(output.shape)}"
+        )
+    return output
+
+
+def _targets_like(output: Tensor, y: Tensor, loss: str) -> Tensor:
+    """Real targets of the outputs' shape, or InputError naming both shapes."""
+    if y.numel() != output.numel():
+        raise InputError(
+            f"{loss} targets of shape {tuple(y.shape)} do not match outputs of shape "
+            f"{tuple(output.shape)}"
+        )
+    return y.reshape(output.shape).to(output.dtype)
+
+
+def mean_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
+    """(1/N) Σ_n ℓ(f_n, y_n): −log softmax(f)_y, ½‖f − y‖² (y one-hot if integer) or softplus(f) − y f."""
+    if loss == "cross_entropy":
+        if output.ndim < 2 or output.shape[-1] < 2:
+            raise InputError(
+                "cross_entropy needs one output per class (at least 2); a single-logit binary "
+                "classifier uses loss 'binary_cross_entropy' (likelihood 'binary')"
+            )
+        return F.cross_entropy(output, y)
+    if loss == "mse":
+        if y.is_floating_point():
+            target = _targets_like(output, y, loss)
+        else:
+            target = F.one_hot(y, output.shape[-1]).to(output.dtype)
+        return 0.5 * (output - target).pow(2).reshape(len(output), -1).sum(-1).mean()
+    if loss == "binary_cross_entropy":
+        logit = _one_logit(output, loss)
+        return F.binary_cross_entropy_with_logits(logit, _targets_like(logit, y, loss))
+    raise InputError(f"unknown loss {loss!r}; available: {', '.join(LOSSES)}")
+
+
+def _check_settings(likelihood: str, temperature: float, sigma_noise: float) -> None:
+    if isinstance(temperature, bool) or not (0 < float(temperature) < math.inf):
+        raise InputError(f"temperature must be positive, got {temperature!r}")
+    if isinstance(sigma_noise, bool) or not (0 <= float(sigma_noise) < math.inf):
+        raise InputError(f"sigma_noise must be finite and >= 0, got {sigma_noise!r}")
+    if likelihood == "regression" and float(temperature) != 1.0:
+        raise InputError("temperature applies to likelihood 'classification' and 'binary' only")
+    if likelihood != "regression" and float(sigma_noise) != 0.0:
+        raise InputError("sigma_noise applies to likelihood 'regression' only")
+
+
+def mc_predictive(
+    outputs: Iterable[Tensor],
+    likelihood: str = "classification",
+    temperature: float = 1.0,
+    sigma_noise: float = 0.0,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Predictive of S sampled outputs f_s: (1/S) Σ softmax(f_s/T), [1 − p̄, p̄] or (mean f_s, var f_s + σ²).
+
+    ``outputs`` is read one sample at a time (a generator keeps one in memory): the
+    probabilities are summed, the regression moments updated by Welford's rule.
+    """
+    likelihood = check_likelihood(likelihood)
+    _check_settings(likelihood, temperature, sigma_noise)
+    count, total, m2 = 0, None, None
+    for f in outputs:
+        count += 1
+        if likelihood == "regression":
+            if total is None:
+                total, m2 = f.clone(), torch.zeros_like(f)
+                continue
+            delta = f - total
+            total.add_(delta / count)
+            m2.add_(delta * (f - total))  # type: ignore[union-attr]
+            continue
+        if likelihood == "binary":
+            probs = bernoulli_probabilities(
+                _one_logit(f, "likelihood 'binary'")[None] / temperature
+            )
+        else:
+            probs = average_probabilities(f[None], temperature)
+        total = probs if total is None else total.add_(probs)
+    if total is None:
+        raise InputError("no sampled outputs to average")
+    if likelihood == "regression":
+        return total, m2 / count + float(sigma_noise) ** 2  # type: ignore[operator]
+    return total / count
