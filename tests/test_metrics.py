@@ -358,3 +358,18 @@ def test_error_messages_are_one_line() -> None:
         with pytest.raises(InputError) as info:
             metrics.accuracy(bad, GOOD_Y)
         assert "\n" not in str(info.value) and str(info.value)
+
+
+def test_total_variation_and_evaluate_against_a_reference() -> None:
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    q = torch.tensor([[0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])
+    # ½(0.2 + 0.2 + 0) = 0.2 for the first row, 0 for the second
+    assert metrics.total_variation(p, q) == pytest.approx(0.1)
+    assert metrics.total_variation(p, p) == 0.0
+    out = metrics.evaluate(p, torch.tensor([0, 2]), reference=q, decimals=3)
+    assert out["tv"] == 0.1 and out["accuracy"] == 1.0
+    assert out["nll"] == round(
+        float(-(torch.log(torch.tensor(0.7)) + torch.log(torch.tensor(0.8))) / 2), 3
+    )
+    with pytest.raises(InputError, match="shape"):
+        metrics.total_variation(p, q[:1])

@@ -38,6 +38,7 @@ __all__ = [
     "ood_auroc",
     "predictive_entropy",
     "reliability_bins",
+    "total_variation",
 ]
 
 #: Largest allowed ``|sum_c p_c - 1|`` for a row of probabilities.
@@ -233,15 +234,37 @@ def auroc_from_scores(scores_in: torch.Tensor, scores_out: torch.Tensor) -> floa
     return float(roc_auc_score(target, scores))
 
 
-def evaluate(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy, NLL, ECE (15 bins) and Brier score as a dict keyed by those names."""
+def total_variation(probs: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean over inputs of the total-variation distance ½ Σ_c |p_c − q_c| to ``reference``."""
+    p, q = _check_probs(probs), _check_probs(reference, "reference")
+    if p.shape != q.shape:
+        raise InputError(f"probs {tuple(p.shape)} and reference {tuple(q.shape)} differ in shape")
+    return float(0.5 * (p - q).abs().sum(-1).mean())
+
+
+def evaluate(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    decimals: int | None = None,
+) -> dict[str, float]:
+    """Accuracy, NLL, ECE (15 bins) and Brier score as a dict keyed by those names.
+
+    ``reference`` (e.g. MAP's probabilities on the same inputs) adds ``"tv"``, the mean
+    total-variation distance to it (:func:`total_variation`); ``decimals`` rounds every value.
+    """
     p, y = _check_pair(probs, labels)
-    return {
+    out = {
         "accuracy": _accuracy(p, y),
         "nll": _nll(p, y, 1e-12),
         "ece": _ece(p, y, 15),
         "brier": _brier(p, y),
     }
+    if reference is not None:
+        out["tv"] = total_variation(p, reference)
+    if decimals is not None:
+        out = {k: round(v, decimals) for k, v in out.items()}
+    return out
 
 
 def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, Any]:

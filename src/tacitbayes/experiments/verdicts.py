@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from tacitbayes.metrics import total_variation
+
 __all__ = ["LIKE_MAP_TV", "UNDERFIT_NLL", "map_distance", "verdict"]
 
 LIKE_MAP_TV = 1e-3  # mean total-variation distance to MAP's test predictions
@@ -19,7 +21,7 @@ UNDERFIT_NLL = 0.005  # test NLL above MAP's by more than this counts as worse
 
 def map_distance(probs: torch.Tensor, map_probs: torch.Tensor) -> float:
     """Mean over test inputs of the total-variation distance ½ Σ_c |p_c − p_c^MAP|."""
-    return float(0.5 * (probs - map_probs).abs().sum(-1).mean())
+    return total_variation(probs, map_probs)
 
 
 def verdict(row: dict[str, Any], map_row: dict[str, Any]) -> str:

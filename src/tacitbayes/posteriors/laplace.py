@@ -34,6 +34,7 @@ from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, n_examples, pe
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, last_layer_names, layer_names
 from tacitbayes.posteriors.glm import glm_predictive
+from tacitbayes.posteriors.glm_factored import factored_glm_predictive
 from tacitbayes.posteriors.laplace_api import (
     check_prediction,
     closed_form_output,
@@ -425,6 +426,16 @@ class Laplace:
         self._require_fit()
         self._check_mean()
         delta = self._deltas(None).detach()
+        if hasattr(self._curv, "layer_covariances"):  # diag, kron: from the factored Jacobians
+            layers = self._curv.layer_covariances(delta, self.model, self.param_names)
+            return factored_glm_predictive(
+                self.model,
+                self.param_names,
+                x,
+                layers,
+                self._curv.variance(delta),
+                max_bytes,
+            )
         with torch.no_grad():
             return glm_predictive(
                 self.model,

@@ -43,8 +43,10 @@ from torch import Tensor, nn
 
 from tacitbayes.curvature import KFAC
 from tacitbayes.curvature.columns import dense_ggn_pass, diagonal_ggn_pass
+from tacitbayes.curvature.layers import split_layers
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
+from tacitbayes.posteriors.glm_factored import LayerCovariance
 
 __all__ = [
     "MAX_DENSE_PARAMS",
@@ -157,6 +159,16 @@ class DiagonalCurvature(_Scaled):
         """(sH + diag δ)⁻¹ V = V_i / (s h_i + δ_g(i)) row-wise, V of shape (P, k)."""
         return V * self._precision(delta).reciprocal().unsqueeze(1)
 
+    def layer_covariances(
+        self, delta: Tensor, model: nn.Module, param_names: Sequence[str]
+    ) -> dict[str, LayerCovariance]:
+        """Σ on each Linear/Conv2d layer's W̃ = [W, b]: the variances as an (out × d) grid."""
+        variance = self.variance(delta)
+        layers, _ = split_layers(model, tuple(param_names))
+        return {
+            la.name: LayerCovariance(None, None, la.read(variance[:, None])[0]) for la in layers
+        }
+
     def state(self) -> dict[str, Any]:
         """The GGN diagonal and the scale."""
         return {"diagonal": self.diagonal.clone(), "scale": self.scale}
@@ -214,6 +226,27 @@ class KroneckerCurvature(_Scaled):
         d = delta[self._perm.to(delta.device)] / self.scale
         return self.kfac.solve(V, d) / self.scale
 
+    def _eigen(self, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(λ_G, Q_G, λ_A, Q_A) of layer ``name``'s factors, cached (eigenvalues clamped at 0)."""
+        if name not in self._eig:
+            A, G = self.kfac.factors[name]
+            lam_g, q_g = torch.linalg.eigh(G)
+            lam_a, q_a = torch.linalg.eigh(A)
+            self._eig[name] = (lam_g.clamp_min(0), q_g, lam_a.clamp_min(0), q_a)
+        return self._eig[name]
+
+    def layer_covariances(
+        self, delta: Tensor, model: nn.Module, param_names: Sequence[str]
+    ) -> dict[str, LayerCovariance]:
+        """Σ on each Kronecker layer: (Q_G ⊗ Q_A) diag(1/(s(λ_G λ_Aᵀ + δ/s))) (Q_G ⊗ Q_A)ᵀ."""
+        out = {}
+        for name, d in zip(self.groups, (delta / self.scale).unbind(0), strict=True):
+            if name in self.kfac.factors:
+                lam_g, q_g, lam_a, q_a = self._eigen(name)
+                m = lam_g[:, None] * lam_a[None, :] + d
+                out[name] = LayerCovariance(q_g, q_a, m.reciprocal() / self.scale)
+        return out
+
     def variance(self, delta: Tensor) -> Tensor:
         """Per layer diag = (Q_G∘Q_G) M⁻¹ (Q_A∘Q_A)ᵀ / s with M = λ_G λ_Aᵀ + δ/s."""
         out = torch.empty(self.kfac.shape[0], dtype=self.kfac.dtype, device=self.kfac.device)
@@ -222,12 +255,7 @@ class KroneckerCurvature(_Scaled):
                 h = self.kfac.diagonals[name].clamp_min(0)
                 out[self.kfac._diag_index[name]] = (h + d).reciprocal() / self.scale
                 continue
-            if name not in self._eig:
-                A, G = self.kfac.factors[name]
-                lam_g, q_g = torch.linalg.eigh(G)
-                lam_a, q_a = torch.linalg.eigh(A)
-                self._eig[name] = (lam_g.clamp_min(0), q_g, lam_a.clamp_min(0), q_a)
-            lam_g, q_g, lam_a, q_a = self._eig[name]
+            lam_g, q_g, lam_a, q_a = self._eigen(name)
             m = lam_g[:, None] * lam_a[None, :] + d
             block = (q_g.square() @ m.reciprocal() @ q_a.square().T) / self.scale
             layer = self.kfac._layer(name)
