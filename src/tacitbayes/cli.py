@@ -1,15 +1,24 @@
 """The ``tacitbayes`` command line: one sub-command per experiment.
 
 Bad input never shows a traceback: a one-line message on stderr and exit status 2.
+
+Under ``torchrun`` (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set) every rank runs the
+same command: the process group is joined here (gloo; nccl for a CUDA device) and
+destroyed at exit; rank 0 alone prints, shows progress bars and writes files (the
+writers in :mod:`tacitbayes.io` are gated), and the default output folder is rank 0's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
+from tacitbayes import distributed as D
 from tacitbayes.errors import TacitBayesError
 from tacitbayes.experiments.cli_types import OneLineErrorParser
 
@@ -40,6 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _one_writer(args: argparse.Namespace) -> Iterator[None]:
+    """Under a process group: rank 0's output folder everywhere; other ranks silent, no bars."""
+    if not D.is_distributed():
+        yield
+        return
+    if hasattr(args, "out"):
+        default = f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        args.out = D.broadcast_object(args.out or default)
+    if D.is_main():
+        yield
+        return
+    if hasattr(args, "no_progress"):
+        args.no_progress = True
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tacitbayes`` console script."""
     parser = build_parser()
@@ -51,9 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args))
+        with D.process_group_from_env(getattr(args, "device", "cpu")) as device:
+            if hasattr(args, "device"):
+                args.device = device
+            with _one_writer(args):
+                return int(args.run(args))
     except TacitBayesError as exc:
-        print(f"tacitbayes: error: {exc}", file=sys.stderr)
+        several = D.launched() and os.environ["WORLD_SIZE"] != "1"
+        where = f"rank {os.environ['RANK']}: " if several else ""
+        print(f"tacitbayes: error: {where}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tacitbayes: interrupted", file=sys.stderr)

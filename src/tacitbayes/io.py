@@ -2,6 +2,10 @@
 
 A crash, a full disk or an exception while writing never leaves a
 half-written file under its final name.
+
+Under a process group (``torchrun``) only rank 0 writes: on the other ranks every
+writer here goes to a private temporary file that is then deleted, so the ranks run
+the same code and exactly one copy of each result, plot and checkpoint appears.
 """
 
 from __future__ import annotations
@@ -16,11 +20,17 @@ from typing import Any
 
 import torch
 
+from tacitbayes.distributed import is_main
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success (rank 0 only)."""
     path = Path(path)
+    if not is_main():  # another rank: the same work, written nowhere
+        with tempfile.TemporaryDirectory(prefix="tacitbayes-rank-") as folder:
+            yield Path(folder) / path.name
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

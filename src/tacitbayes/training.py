@@ -5,6 +5,19 @@ with the config's batch size and shuffled (:func:`tacitbayes.batches.as_loader`)
 Deterministic given the seed: epoch e reseeds torch's global RNG from (seed, e) and a
 Dataset's shuffle is seeded by (seed, e), so a run resumed from the checkpoint of
 epoch e continues exactly as the uninterrupted run would have.
+
+Under a process group (``torchrun``) W ranks train one model as one process would:
+every rank reads the SAME global batches (the same seeded shuffle), takes a disjoint
+contiguous slice of each, and weights its slice's mean loss by n_r / B; one all-reduce
+of the gradients (and of the loss) per step then gives every rank the gradient of the
+global batch's mean loss, so the weights match one process to rounding (about 1e-12
+in float64 after a few epochs). Parameters and buffers start from rank 0's. BatchNorm
+in training mode normalises by the statistics of each rank's slice (as
+DistributedDataParallel without SyncBatchNorm does), so BatchNorm models do not match
+one process exactly; their running statistics are averaged over the ranks after each
+epoch, keeping the ranks identical. Validation runs on every rank on the whole
+validation set (identical weights give identical metrics). The checkpoint is written
+by rank 0 only (:mod:`tacitbayes.io`) and read by every rank on ``resume``.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tacitbayes import distributed as D
 from tacitbayes.batches import (
     Inputs,
     as_loader,
@@ -27,6 +41,7 @@ from tacitbayes.batches import (
     iter_batches,
     loader_for_epoch,
     n_batches,
+    slice_inputs,
 )
 from tacitbayes.devices import check_device, model_device, model_dtype, to_cpu
 from tacitbayes.errors import InputError, TrainingDivergedError
@@ -171,10 +186,13 @@ def minibatch_epoch(
     what: str = "training loss",
     hint: str = "",
     advice: str = "try a smaller learning rate",
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """One epoch of steps θ ← opt(θ, ∇ℓ_b(θ)) at lr_at(step) × each group's ``lr_multiplier``; mean loss.
 
     A non-finite loss raises TrainingDivergedError naming the (1-based) epoch and step.
+    With ``reduce`` (data parallelism) the gradients are summed over the ranks after the
+    backward pass by ``reduce(loss)``, which returns the global loss that is checked.
     """
     total, count = 0.0, 0
     for step, (x, y) in enumerate(batches):
@@ -183,12 +201,16 @@ def minibatch_epoch(
             group["lr"] = base * group.get("lr_multiplier", 1.0)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(x, y)
+        if reduce is not None:  # every rank sees the same global loss: all raise, or none
+            loss.backward()
+            loss = reduce(loss)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"non-finite {what} at epoch {epoch + 1}, step {step + 1} "
                 f"({advice}){'; ' + hint if hint else ''}"
             )
-        loss.backward()
+        if reduce is None:
+            loss.backward()
         optimizer.step()
         total += float(loss.detach()) * len(y)
         count += len(y)
@@ -198,13 +220,86 @@ def minibatch_epoch(
 def _load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
+    error: Exception | None = None
+    state: dict[str, Any] = {}
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise InputError(f"cannot resume from checkpoint {path}: {exc}") from exc
+        error = exc
+    if not D.all_ranks_ok(error is None):  # every rank reads it; all fail together
+        why = error if error is not None else "unreadable on another rank"
+        raise InputError(f"cannot resume from checkpoint {path}: {why}") from error
     return state
+
+
+def rank_slice(n: int) -> slice:
+    """This rank's contiguous part [r·n/W, (r+1)·n/W) of a global batch of n examples."""
+    r, w = D.rank(), D.world_size()
+    return slice(r * n // w, (r + 1) * n // w)
+
+
+def _sliced_loss(model: nn.Module, loss: str) -> Callable[[Inputs, Tensor], Tensor]:
+    """(n_r/B) ℓ̄_r: this rank's slice mean loss weighted so that Σ_ranks is the global mean."""
+
+    def loss_fn(x: Inputs, y: Tensor) -> Tensor:
+        part = rank_slice(len(y))
+        n = part.stop - part.start
+        if n == 0:  # a batch smaller than W: this rank adds nothing
+            return torch.zeros(
+                (), dtype=model_dtype(model), device=model_device(model), requires_grad=True
+            )
+        out = call_model(model, slice_inputs(x, part.start, part.stop))
+        return mean_loss(out, y[part], loss) * (n / len(y))
+
+    return loss_fn
+
+
+def _all_reduce_gradients(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """∇θ ← Σ_ranks ∇θ in one all-reduce (with the loss and which gradients exist); Σ_ranks loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = sum(p.numel() for p in params)
+
+    def reduce(loss: Tensor) -> Tensor:
+        ref = params[0]
+        parts = [
+            p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in params
+        ]
+        flags = [1.0 if p.grad is not None else 0.0 for p in params]
+        flat = torch.cat(
+            [
+                *(g.to(ref.dtype) for g in parts),
+                torch.tensor(flags, dtype=ref.dtype, device=ref.device),
+                loss.detach().reshape(1).to(ref),
+            ]
+        )
+        D.all_reduce_(flat)
+        present = (flat[total : total + len(params)] > 0).tolist()
+        offset = 0
+        for p, has in zip(params, present, strict=True):
+            k = p.numel()
+            # no gradient on any rank stays None, as in one process (the optimiser skips it)
+            p.grad = flat[offset : offset + k].view_as(p).to(p.dtype).clone() if has else None
+            offset += k
+        return flat[-1].to(loss.dtype)
+
+    return reduce
+
+
+def _average_buffers(model: nn.Module) -> None:
+    """Floating buffers (BatchNorm running statistics) ← their mean over the ranks."""
+    with torch.no_grad():
+        for b in model.buffers():
+            if b.is_floating_point():
+                D.all_reduce_(b).div_(D.world_size())
+
+
+def _from_rank_zero(model: nn.Module) -> None:
+    """Parameters and buffers ← rank 0's, so every rank starts from the same state."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            D.broadcast_(t.data)
 
 
 def train_map(
@@ -227,7 +322,8 @@ def train_map(
     follows it, floating inputs cast to the model's dtype. With ``checkpoint`` the state
     is saved atomically after every epoch, as CPU tensors; with ``resume`` training
     continues from that file. A non-finite loss raises TrainingDivergedError and leaves
-    the last good checkpoint in place.
+    the last good checkpoint in place. Under a process group every rank calls this with
+    the same (unsharded) data and ends with the same weights (see the module docstring).
     """
     config = config or TrainConfig()
     config.validate()
@@ -235,6 +331,11 @@ def train_map(
         train_set, config.batch_size, shuffle=True, seed=config.seed, what="train_set"
     )
     val_loader = None if val_set is None else as_loader(val_set, EVAL_BATCH, what="val_set")
+    if D.is_distributed() and D.shard(loader) is loader:
+        raise InputError(
+            "train_map slices every global batch over the ranks itself: give every rank the "
+            "same unsharded train_set, not a sharded or presharded loader"
+        )
     device = model_device(model) if device is None else check_device(device)
     model.to(device)
     dtype = model_dtype(model)
@@ -242,11 +343,14 @@ def train_map(
     result = TrainResult()
     start = 0
     if resume:
-        if checkpoint is None or not Path(checkpoint).is_file():
+        if checkpoint is None or not D.all_ranks_ok(Path(checkpoint).is_file()):
             raise InputError(f"cannot resume: checkpoint {checkpoint} not found")
         state = _load_checkpoint(Path(checkpoint), model, optimizer)
         start = result.resumed_from = int(state["epoch"])
         result.history = list(state.get("history", []))
+    parallel = D.is_distributed()
+    if parallel:
+        _from_rank_zero(model)
     steps_per_epoch = n_batches(loader)
     total_steps = steps_per_epoch * config.epochs
     bar = tqdm(
@@ -264,13 +368,18 @@ def train_map(
             iter_batches(
                 epoch_batches(loader, config.batch_size, config.seed, epoch), device, dtype
             ),
-            lambda x, y: mean_loss(call_model(model, x), y, config.loss),
+            _sliced_loss(model, config.loss)
+            if parallel
+            else lambda x, y: mean_loss(call_model(model, x), y, config.loss),
             lambda step, e=epoch: learning_rate(config, e * steps_per_epoch + step, total_steps),
             epoch,
             what="training loss",
             hint=where,
+            reduce=_all_reduce_gradients(model) if parallel else None,
         )
         result.step_seconds += time.perf_counter() - epoch_start
+        if parallel:
+            _average_buffers(model)
         record = {"epoch": epoch + 1, "train_loss": train_loss}
         if val_loader is not None:
             with eval_mode(model):

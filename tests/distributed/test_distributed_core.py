@@ -42,3 +42,14 @@ def test_one_process_is_the_identity() -> None:
     assert D.shard(batches) is batches and D.world_size() == 1 and D.rank() == 0
     t = torch.ones(2)
     assert D.all_reduce_(t) is t and D.all_gather_cat(t) is t and D.all_reduce_float(2.0) == 2.0
+
+
+def _transposed(rank: int, world_size: int) -> list:
+    t = torch.arange(6, dtype=torch.float64).reshape(2, 3).T * (rank + 1)  # not contiguous
+    return D.all_reduce_(t).tolist()
+
+
+def test_all_reduce_of_a_non_contiguous_view(tmp_path: Path) -> None:
+    r0, r1 = run_ranks(_transposed, tmp_path)
+    want = (torch.arange(6, dtype=torch.float64).reshape(2, 3).T * 3).tolist()
+    assert r0 == r1 == want

@@ -12,6 +12,8 @@ G = Σ_n J_nᵀ Λ_n J_n = Σ_n Σ_c (J_nᵀ s_nc)(J_nᵀ s_nc)ᵀ with Λ_n = S
 * Dense block of a parameter subset (last-layer Laplace): Σ of the columns' outer products.
 
 Each pass reads the loader once and also returns N, O and Σ_n ℓ_n at θ* (:class:`GGNPass`).
+Under ``torch.distributed`` each rank reads its shard of the (same) loader and the curvature,
+N and Σ_n ℓ_n are all-reduced (:func:`reduce_pass`): every rank holds the global result.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tacitbayes.batches import Inputs, check_loader, iter_batches, map_inputs, s
 from tacitbayes.budget import check_count, items_per_chunk
 from tacitbayes.curvature.layers import FactoredLayer, LayerSignals, backprop_batch, split_layers
 from tacitbayes.curvature.losses import Loss, get_loss
+from tacitbayes.distributed import all_reduce_, is_distributed, rank, shard
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 
@@ -38,6 +41,7 @@ __all__ = [
     "ggn_diagonal",
     "layer_diagonal",
     "per_example_columns",
+    "reduce_pass",
 ]
 
 
@@ -100,6 +104,20 @@ def per_example_columns(
         yield vmap(one)(slice_inputs(x, start, start + chunk), s[start : start + chunk])
 
 
+def reduce_pass(
+    count: int, n_out: int, loss_sum: float, device: torch.device
+) -> tuple[int, int, float]:
+    """(Σ_ranks N, O, Σ_ranks Σ_n ℓ_n); O is read from the ranks that saw an example (identity alone)."""
+    if not is_distributed():
+        return count, n_out, loss_sum
+    seen = count > 0
+    t = torch.tensor(
+        [count, n_out if seen else 0, int(seen), loss_sum], dtype=torch.float64, device=device
+    )
+    n, o, k, s = all_reduce_(t).tolist()
+    return int(n), int(o) // max(int(k), 1), float(s)
+
+
 @dataclass
 class GGNPass:
     """What one pass over the data gives: the curvature, N, O and Σ_n ℓ(f(θ*, x_n), y_n)."""
@@ -134,8 +152,8 @@ def diagonal_ggn_pass(
     total = torch.zeros(sum(live[n].numel() for n in names), dtype=first.dtype, device=first.device)
     rest_index = _flat_index(names, rest, live)
     count, n_out, loss_sum = 0, 0, 0.0
-    gen = torch.Generator(device=first.device).manual_seed(seed)
-    for x, y in iter_batches(check_loader(data), first.device, first.dtype):
+    gen = torch.Generator(device=first.device).manual_seed(seed + rank())  # independent ranks
+    for x, y in iter_batches(shard(check_loader(data)), first.device, first.dtype):
         size = len(y) if chunk_size is None else chunk_size
         for start in range(0, len(y), size):
             piece = slice_inputs(x, start, start + size)
@@ -159,9 +177,10 @@ def diagonal_ggn_pass(
                 total[rest_index.to(total.device)] += acc
             loss_sum += float(loss_fn.value(f, target).sum())
             count, n_out = count + int(f.shape[0]), int(f.shape[1])
+    count, n_out, loss_sum = reduce_pass(count, n_out, loss_sum, total.device)
     if count == 0:
         raise InputError("data holds no example")
-    return GGNPass(total, count, n_out, loss_sum)
+    return GGNPass(all_reduce_(total), count, n_out, loss_sum)
 
 
 def dense_ggn_pass(
@@ -178,7 +197,7 @@ def dense_ggn_pass(
     n_p = sum(t.numel() for t in params.values())
     total = torch.zeros(n_p, n_p, dtype=first.dtype, device=first.device)
     count, n_out, loss_sum = 0, 0, 0.0
-    for x, y in iter_batches(check_loader(data), first.device, first.dtype):
+    for x, y in iter_batches(shard(check_loader(data)), first.device, first.dtype):
         with torch.no_grad():
             f = fmodel(params, x)
         if f.ndim != 2:
@@ -190,8 +209,10 @@ def dense_ggn_pass(
             total += flat.mT @ flat
         loss_sum += float(loss_fn.value(f, target).sum())
         count, n_out = count + int(f.shape[0]), int(f.shape[1])
+    count, n_out, loss_sum = reduce_pass(count, n_out, loss_sum, total.device)
     if count == 0:
         raise InputError("data holds no example")
+    all_reduce_(total)
     return GGNPass(0.5 * (total + total.mT), count, n_out, loss_sum)
 
 

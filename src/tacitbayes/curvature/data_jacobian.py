@@ -8,6 +8,15 @@ one VJP per pass whatever the number of network outputs.
 
 The data are streamed: every product iterates the loader again and holds one batch at
 a time (``cache=True`` keeps the batches, for solvers that visit them out of order).
+
+Under torch.distributed (see :mod:`tacitbayes.distributed`) every rank is given the same
+loader and reads its shard; the operator is still the GLOBAL J. Parameter-space vectors
+are replicated; data-space vectors are replicated too, in the row order one process would
+use on the whole loader: J V computes this rank's rows and all-gathers them (N·O·k
+numbers, small next to P·k), Jᵀ U takes this rank's rows of U and all-reduces the sum.
+``shape``, ``n_data`` and ``loss_sum`` are global; the per-batch methods (``iter_batches``,
+``batch``, ``batch_rows``, ``n_batches``, ``batch_gram``) see this rank's batches only, and
+``batch_ids`` / ``example_starts`` place them in the global order.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
@@ -26,6 +36,14 @@ from tacitbayes.curvature.operators import (
     _check_chunk,
     _flatten_rows,
     _free_params,
+)
+from tacitbayes.distributed import (
+    Shard,
+    all_gather_cat,
+    all_reduce_,
+    all_reduce_float,
+    is_distributed,
+    shard,
 )
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
@@ -54,7 +72,9 @@ class DataJacobian(LinearOperator):
         self.fmodel = FunctionalModel(model, param_names)
         self.params, self._dtype, self._device = _free_params(self.fmodel)
         self.chunk_size = _check_chunk(chunk_size)
-        self.data = check_loader(data)
+        full = check_loader(data)
+        self.distributed = is_distributed()
+        self.data = shard(full)
         self._cache: list[Batch] | None = [] if cache else None
         self.batch_rows: list[int] = []
         n_outputs = None
@@ -79,16 +99,64 @@ class DataJacobian(LinearOperator):
                 first_example = Batch(one, y[:1].clone())
             if self._cache is not None:
                 self._cache.append((x, y))
+        if n_outputs is None and self.distributed:  # an empty shard: sizes from batch 0
+            for batch in full:
+                x, y = self._prepare(batch)
+                with torch.no_grad():
+                    n_outputs = int(self.fmodel(self.params, x).shape[1])
+                first_example = Batch(map_inputs(lambda t: t[:1].clone(), x), y[:1].clone())
+                break
         if n_outputs is None or first_example is None:
             raise InputError("data holds no batch")
         self.first_example: Batch = first_example
-        self.loss_sum = loss_sum  # Σ_n ℓ(f(θ*, x_n), y_n) of the same pass
         self.network_outputs = n_outputs
         self.n_outputs = 1 if outputs == "loss" else n_outputs
-        self.n_data = sum(self.batch_rows)
+        self._place_batches([n * self.n_outputs for n in self.batch_rows])
+        # Σ_n ℓ(f(θ*, x_n), y_n) of the same pass, over every rank
+        self.loss_sum = all_reduce_float(loss_sum) if self.distributed else loss_sum
+        self.n_data = self.global_rows // self.n_outputs
         self.batch_rows = [n * self.n_outputs for n in self.batch_rows]
         n_p = sum(t.numel() for t in self.params.values())
-        super().__init__((sum(self.batch_rows), n_p), self._dtype, self._device)
+        super().__init__((self.global_rows, n_p), self._dtype, self._device)
+
+    def _place_batches(self, rows: list[int]) -> None:
+        """Global batch order and row positions: batch i of rank r's shard is batch r + iW."""
+        w, r = (dist.get_world_size(), dist.get_rank()) if self.distributed else (1, 0)
+        presharded = self.distributed and not isinstance(self.data, Shard)
+        # presharded loaders: the global order is rank 0's batches, then rank 1's, ...
+        keys = [r * 2**40 + i if presharded else r + i * w for i in range(len(rows))]
+        mine = torch.tensor([[k, n] for k, n in zip(keys, rows, strict=True)], dtype=torch.long)
+        table = all_gather_cat(mine.reshape(-1, 2).to(self._device)).cpu()  # rank-major
+        order = table[:, 0].argsort()  # global batch b is table row order[b]
+        sizes = table[order, 1]
+        global_starts = (torch.cumsum(sizes, 0) - sizes).tolist()
+        start_of = {int(k): s for k, s in zip(table[order, 0], global_starts, strict=True)}
+        index_of = {int(k): b for b, k in enumerate(table[order, 0])}
+        self.global_rows = int(sizes.sum())
+        self.batch_ids = [index_of[k] for k in keys]  # global index of each local batch
+        self.example_starts = [start_of[k] // self.n_outputs for k in keys]
+
+        def positions(ks: list[int], ns: list[int]) -> Tensor:
+            ranges = [
+                torch.arange(start_of[k], start_of[k] + n) for k, n in zip(ks, ns, strict=True)
+            ]
+            return torch.cat(ranges or [torch.zeros(0, dtype=torch.long)]).to(self._device)
+
+        self._local_index = positions(keys, rows)  # global rows of this rank's rows
+        self._gather_index = positions(table[:, 0].tolist(), table[:, 1].tolist())
+
+    def gather_rows(self, local: Tensor) -> Tensor:
+        """The data-space rows of every rank, in the global row order (this rank's, alone)."""
+        if not self.distributed:
+            return local
+        gathered = all_gather_cat(local)
+        out = gathered.new_empty(gathered.shape)
+        out[self._gather_index] = gathered
+        return out
+
+    def local_rows(self, U: Tensor) -> Tensor:
+        """This rank's rows of a replicated data-space block U (all of U with one process)."""
+        return U if not self.distributed else U[self._local_index]
 
     def _prepare(self, batch: object) -> Batch:
         return to_model(read_batch(batch), self._device, self._dtype)
@@ -161,15 +229,18 @@ class DataJacobian(LinearOperator):
         return 0.5 * (gram + gram.T)
 
     def _matmat(self, v: Tensor) -> Tensor:
-        return torch.cat([self.batch_matmat(b, v) for b in self.iter_batches()])
+        parts = [self.batch_matmat(b, v) for b in self.iter_batches()]
+        local = torch.cat(parts) if parts else v.new_zeros(0, v.shape[1])
+        return self.gather_rows(local)
 
     def _rmatmat(self, u: Tensor) -> Tensor:
         out = torch.zeros(self.shape[1], u.shape[1], dtype=self.dtype, device=self.device)
+        u = self.local_rows(u)
         start = 0
         for b, rows in zip(self.iter_batches(), self.batch_rows, strict=True):
             out += self.batch_rmatmat(b, u[start : start + rows])
             start += rows
-        return out
+        return all_reduce_(out)
 
     def _matvec(self, v: Tensor) -> Tensor:
         return self._matmat(v.unsqueeze(1)).squeeze(1)

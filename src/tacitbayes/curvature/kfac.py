@@ -37,6 +37,9 @@ Conventions:
   loader is read once, and the summed loss Σ_n ℓ_n at θ* is recorded (``loss_sum``).
 * ``mc_samples = k`` replaces the C exact columns by k Monte Carlo columns of the Fisher
   (sampled labels; E[S̃S̃ᵀ] = Λ), seeded by ``seed``: for outputs with many classes.
+* Under ``torch.distributed`` each rank reads its shard of the (same) loader; the raw sums
+  Σ ããᵀ, Σ ggᵀ, the diagonal blocks, the counts and Σ ℓ are all-reduced before normalising,
+  so every rank holds the global factors (Monte Carlo columns: seed + rank per rank).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from torch import Tensor, nn
 
 from tacitbayes.batches import check_loader, iter_batches
 from tacitbayes.budget import check_count
-from tacitbayes.curvature.columns import per_example_columns
+from tacitbayes.curvature.columns import per_example_columns, reduce_pass
 from tacitbayes.curvature.layers import (
     FactoredLayer,
     LayerSignals,
@@ -60,6 +63,7 @@ from tacitbayes.curvature.layers import (
 )
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.curvature.operators import LinearOperator, _free_params
+from tacitbayes.distributed import all_reduce_, rank, shard
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.linalg import KroneckerProduct
@@ -212,9 +216,9 @@ class KFAC(LinearOperator):
         d_sum = {k: torch.zeros(len(v), **kw) for k, v in self._diag_index.items()}
         count = dict.fromkeys(a_sum, 0)
         n_total, loss_sum = 0, 0.0
-        gen = torch.Generator(device=self.device).manual_seed(self.seed)
-        self.n_outputs = 0
-        for x, y in iter_batches(data, self.device, self.dtype):
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + rank())
+        n_outputs = 0
+        for x, y in iter_batches(shard(data), self.device, self.dtype):
             f, y, factor, chunks = backprop_batch(
                 self.fmodel,
                 self.loss,
@@ -231,9 +235,14 @@ class KFAC(LinearOperator):
                     count[la.name] += rows
             if self._rest:
                 self._accumulate_diagonal(x, factor, d_sum)
-            n_total, self.n_outputs = n_total + int(f.shape[0]), int(f.shape[1])
+            n_total, n_outputs = n_total + int(f.shape[0]), int(f.shape[1])
+        n_total, self.n_outputs, loss_sum = reduce_pass(n_total, n_outputs, loss_sum, self.device)
         if n_total == 0:
             raise InputError("data holds no example")
+        counts = torch.tensor([count[k] for k in a_sum], dtype=torch.float64, device=self.device)
+        count = dict(zip(a_sum, (int(c) for c in all_reduce_(counts).tolist()), strict=True))
+        for t in (*a_sum.values(), *g_sum.values(), *d_sum.values()):
+            all_reduce_(t)
         self.n_data, self.loss_sum = n_total, loss_sum
         scale_g = 1.0 / n_total if self.reduction == "mean" else 1.0
         self.diagonals = {k: v * scale_g for k, v in d_sum.items()}

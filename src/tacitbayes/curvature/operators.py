@@ -20,6 +20,9 @@ Conventions:
   processed with ``torch.func.vmap`` over the k columns, ``chunk_size`` columns at a time
   (``None``: as many as the working budget of :mod:`tacitbayes.budget` allows, 4·P
   numbers per column), which bounds memory.
+* Under ``torch.distributed`` (:mod:`tacitbayes.distributed`) every rank is given the same
+  ``data`` and reads only its shard; the sums over data (products, loss, gradient, N) are
+  all-reduced, so every rank holds the global result. Vectors in parameter space are replicated.
 
 No method builds a P×P matrix or a full (N·O)×P Jacobian except ``to_dense()``.
 """
@@ -45,6 +48,7 @@ from tacitbayes.batches import (
 from tacitbayes.budget import check_count, items_per_chunk
 from tacitbayes.curvature.columns import ggn_diagonal
 from tacitbayes.curvature.losses import Loss, get_loss
+from tacitbayes.distributed import all_reduce_, all_reduce_float, shard
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
 
@@ -308,26 +312,33 @@ class _LossCurvature(LinearOperator):
         super().__init__((n_p, n_p), dtype, device, symmetric=True)
 
     def batches(self) -> Iterator[Batch]:
-        """Validated (x, y) batches on the operator's device, targets prepared for the loss."""
-        for x, y in iter_batches(self.data, self.device, self.dtype):
+        """This rank's validated (x, y) batches on the operator's device, targets prepared for the loss."""
+        for x, y in iter_batches(shard(self.data), self.device, self.dtype):
             yield Batch(x, self.loss.prepare_target(y, n_examples(x), self.n_outputs, self.dtype))
 
     @property
     def n_data(self) -> int:
-        """Total number of examples N in ``data``."""
+        """Total number of examples N in ``data`` (summed over ranks)."""
         if self._n_data is None:
-            self._n_data = sum(n_examples(read_batch(b).inputs) for b in self.data)
+            mine = sum(n_examples(read_batch(b).inputs) for b in shard(self.data))
+            self._n_data = int(all_reduce_float(mine))
         return self._n_data
 
-    def _accumulate(self, per_batch: Callable[[Inputs, Tensor], Tensor]) -> Tensor:
-        """scale · Σ_batches per_batch(x, y), with scale = 1/N ("mean") or 1 ("sum")."""
+    def _accumulate(
+        self, per_batch: Callable[[Inputs, Tensor], Tensor], shape: Sequence[int]
+    ) -> Tensor:
+        """scale · Σ_ranks Σ_batches per_batch(x, y) (of ``shape``), scale = 1/N ("mean") or 1."""
         total: Tensor | None = None
         count = 0
         for x, y in self.batches():
             part = per_batch(x, y)
             total = part if total is None else total.add_(part)
             count += n_examples(x)
-        if total is None or count == 0:
+        if total is None:  # an empty shard still joins the all-reduce
+            total = torch.zeros(tuple(shape), dtype=self.dtype, device=self.device)
+        total = all_reduce_(total.contiguous())  # a collective sums storage: same layout
+        count = int(all_reduce_float(count))
+        if count == 0:
             raise InputError("data holds no example")
         self._n_data = count
         return total / count if self.reduction == "mean" else total
@@ -338,16 +349,20 @@ class _LossCurvature(LinearOperator):
     def loss_value(self) -> Tensor:
         """L(θ) at the current parameters (a 0-d tensor)."""
         with torch.no_grad():
-            return self._accumulate(lambda x, y: self._batch_loss(x, y)(self.params))
+            return self._accumulate(lambda x, y: self._batch_loss(x, y)(self.params), ())
 
     def gradient(self) -> Tensor:
         """∇_θ L(θ) over all of ``data``, a flat vector (P,)."""
-        return self._accumulate(lambda x, y: flatten(grad(self._batch_loss(x, y))(self.params)))
+        return self._accumulate(
+            lambda x, y: flatten(grad(self._batch_loss(x, y))(self.params)), (self.shape[0],)
+        )
 
     def _product(self, v: Tensor, batched: bool) -> Tensor:
         rows = v.T if batched else v
         tangents = unflatten(rows, self.params)
-        out = self._accumulate(lambda x, y: self._batch_product(x, y, tangents, batched))
+        out = self._accumulate(
+            lambda x, y: self._batch_product(x, y, tangents, batched), tuple(rows.shape)
+        )
         return out.T if batched else out
 
     def _batch_product(
@@ -483,9 +498,9 @@ class Hessian(_LossCurvature):
         return _versions(tensors)
 
     def _retain_graphs(self) -> list[tuple[tuple[Tensor, ...], list[Tensor]]]:
-        """Per batch the first-order graph ∇(scale · L_b) (with its leaves), "mean"'s 1/N folded in."""
+        """Per batch of this rank the graph ∇(scale · L_b) (with its leaves), "mean"'s global 1/N folded in."""
         batches = list(self.batches())
-        count = sum(int(y.shape[0]) for _, y in batches)
+        count = int(all_reduce_float(sum(int(y.shape[0]) for _, y in batches)))
         if count == 0:
             raise InputError("data holds no example")
         self._n_data = count
@@ -527,9 +542,9 @@ class Hessian(_LossCurvature):
                 hv = torch.autograd.grad(grads, leaves, outs, retain_graph=True)
                 part = torch.cat([h.reshape(-1) for h in hv])
             total = part if total is None else total.add_(part)
-        if total is None:
-            raise InputError("data holds no batch")
-        return total
+        if total is None:  # an empty shard still joins the all-reduce
+            total = torch.zeros_like(v)
+        return all_reduce_(total.contiguous())  # a collective sums storage: same layout
 
     def _batch_product(
         self, x: Inputs, y: Tensor, tangents: dict[str, Tensor], batched: bool

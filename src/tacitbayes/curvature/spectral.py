@@ -8,7 +8,9 @@ block at a time (``op @ V`` with V of shape (n, b)), which amortises the network
 
 Random vectors are drawn on the CPU from ``generator`` (or a fresh generator seeded with
 ``seed``; the global RNG when both are None) and moved to the operator's device, so results
-are reproducible across devices.
+are reproducible across devices. Under ``torch.distributed`` the operators' products are
+all-reduced and these routines need no change: pass ``seed`` (or identically seeded
+generators) so every rank draws the same vectors and takes the same decisions.
 """
 
 from __future__ import annotations

@@ -12,10 +12,16 @@ re-iterable of batches used as given, or a Dataset batched and shuffled by (seed
 :func:`tacitbayes.batches.as_loader`), with the loss ``ctx.train_config.loss``
 ("cross_entropy", "mse" with real targets for regression, or "binary_cross_entropy" on
 one logit; :mod:`tacitbayes.likelihoods`).
+
+Under a process group (:mod:`tacitbayes.distributed`) :func:`train_ivon` runs IVON in sync
+mode: every rank reads the same global batches, backpropagates the mean loss of its slice
+of rows (:func:`tacitbayes.optim.sync.rank_rows`) at the shared weight sample and steps
+with weight |B_r|/|B|, so W ranks train the one-process model and stay identical.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tacitbayes import distributed as D
 from tacitbayes.batches import (
     as_loader,
     call_model,
@@ -32,6 +39,8 @@ from tacitbayes.batches import (
     loader_for_epoch,
     minibatches,
     n_batches,
+    n_examples,
+    slice_inputs,
 )
 from tacitbayes.devices import model_dtype
 from tacitbayes.errors import TrainingDivergedError
@@ -39,6 +48,7 @@ from tacitbayes.experiments.methods import FitContext, Predictor, register_metho
 from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON
+from tacitbayes.optim.sync import rank_rows
 from tacitbayes.training import make_optimizer, scheduled_lr
 
 
@@ -157,13 +167,17 @@ def train_ivon(
         clip_radius=settings.clip_radius,
         rescale_lr=settings.rescale_lr,
         seed=ctx.seed,
+        sync=D.is_distributed(),
     )
     total = n_batches(loader) * config.epochs
     dtype = model_dtype(model)
     step = 0
     start, cpu = time.perf_counter(), time.process_time()
     bar = tqdm(
-        range(config.epochs), desc="train IVON", disable=not ctx.progress or None, leave=False
+        range(config.epochs),
+        desc="train IVON",
+        disable=not (ctx.progress and D.is_main()) or None,
+        leave=False,
     )
     for epoch in bar:
         model.train()
@@ -171,14 +185,19 @@ def train_ivon(
             lr = scheduled_lr(settings.lr, step, total, config.schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
+            x, y, weight = _rank_slice(x, y)
             with opt.sampled_params(train=True):
                 loss = mean_loss(call_model(model, x), y, config.loss)
                 loss.backward()
-            if not torch.isfinite(loss):
+            if weight is None:
+                finite = bool(torch.isfinite(loss))
+            else:  # judged on the global loss Σ_r w_r ℓ_r, so all ranks stop together
+                finite = math.isfinite(D.all_reduce_float(float(loss.detach()) * weight))
+            if not finite:
                 raise TrainingDivergedError(
                     f"IVON: non-finite training loss at epoch {epoch + 1} (try a smaller lr)"
                 )
-            opt.step()
+            opt.step(weight=weight)
             step += 1
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     model.eval()
@@ -190,6 +209,22 @@ def train_ivon(
         "ivon_cpu_seconds_per_step": cpu / max(step, 1),
     }
     return model, opt, info
+
+
+def _rank_slice(x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor, float | None]:
+    """This rank's rows of a global batch and its weight |B_r|/|B| (None without a process group).
+
+    A rank whose slice is empty evaluates the first row with weight 0, so that it runs
+    the same sampled passes as the others.
+    """
+    if not D.is_distributed():
+        return x, y, None
+    n = n_examples(x)
+    start, stop = rank_rows(n)
+    weight = (stop - start) / n
+    if start == stop:
+        start, stop = 0, 1
+    return slice_inputs(x, start, stop), y[start:stop], weight
 
 
 @register_method("ivon")

@@ -39,6 +39,15 @@ class IVON(SampledOptimizer):
 
     Per-group options: ``lr`` (α), ``ess`` (λ), ``hess_init`` (h₀), ``beta1``, ``beta2``,
     ``weight_decay`` (δ), ``clip_radius``, ``rescale_lr``.
+
+    ``sync=True`` (data parallelism in a process group): rank 0's μ and noise generator
+    are broadcast at construction, so all ranks draw the same θ = μ + σ ⊙ ε; each rank
+    backpropagates the mean loss of its slice B_r of the global batch B, and
+    ``step(weight=|B_r|/|B|)`` (default 1/W) all-reduces ĝ = Σ_r w_r ĝ_r and the Hessian
+    statistic Σ_s ĝ_s ⊙ ε_s = Σ_r w_r (Σ_s ĝ_s ⊙ ε_s)_r (linear in ĝ at the shared ε; not
+    collected, hence not reduced, when β₂ = 1) before the update: one step on W ranks is
+    the one-process step on B, and g, h, μ stay identical on every rank. Without a
+    process group ``sync`` changes nothing.
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class IVON(SampledOptimizer):
         rescale_lr: bool = False,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        sync: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -67,7 +77,7 @@ class IVON(SampledOptimizer):
             rescale_lr=rescale_lr,
         )
         _validate(defaults)
-        super().__init__(params, defaults, mc_samples, seed, generator)
+        super().__init__(params, defaults, mc_samples, seed, generator, sync)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyper-parameters (defaults filled in) are validated first."""

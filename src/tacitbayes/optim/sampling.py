@@ -27,6 +27,16 @@ or, equivalently, ``opt.step(closure)`` with a closure that computes the loss an
 Noise comes from the optimizer's own ``torch.Generator`` (``seed``, or a seed drawn from
 torch's global RNG at construction), whose state is part of ``state_dict()``, so a run
 that is saved and loaded continues exactly as the uninterrupted run.
+
+Sync mode (``sync=True``, for data parallelism in a process group; :mod:`tacitbayes.optim.sync`):
+at construction rank 0's parameters and generator state are broadcast, so every rank
+draws the same ε; each rank evaluates the same sampled θ on its slice B_r of the global
+batch B, and ``step(weight=|B_r|/|B|)`` (default 1/W) first replaces every collected
+statistic s (ĝ, Σ ĝ ⊙ ε, the closure's loss) by Σ_r w_r s_r (one flat all-reduce per
+dtype), so the step is the one-process step on B and the ranks stay identical. Every
+rank must collect the same number of samples per parameter (checked), and call
+``sampled_predict`` without a ``generator`` on all ranks or none. Without a process
+group ``sync`` changes nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from torch import Tensor, nn
 
 from tacitbayes.errors import InputError
 from tacitbayes.likelihoods import check_likelihood, mc_predictive
+from tacitbayes.optim import sync as S
 
 __all__ = ["SampledOptimizer", "check_range", "sampled_predict"]
 
@@ -81,7 +92,10 @@ class SampledOptimizer(torch.optim.Optimizer):
         mc_samples: int = 1,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        sync: bool = False,
     ) -> None:
+        if not isinstance(sync, bool):
+            raise InputError(f"sync must be True or False, got {sync!r}")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise InputError(f"mc_samples must be an int ≥ 1, got {mc_samples!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -101,6 +115,14 @@ class SampledOptimizer(torch.optim.Optimizer):
             generator = torch.Generator(device=device).manual_seed(seed)
         self.generator = generator
         self.seed = seed
+        self.sync = sync
+        if sync and S.D.is_distributed():  # one mean and one noise stream on every rank
+            params = [p for g in self.param_groups for p in g["params"]]
+            S.broadcast_tensors_(params)
+            S.broadcast_generator_(generator, device)
+            shared = torch.tensor([seed is not None, seed or 0], dtype=torch.long, device=device)
+            S.broadcast_tensors_([shared])  # rank 0's seed, for the record
+            self.seed = int(shared[1]) if bool(shared[0]) else None
         self._active: list[tuple[Tensor, Tensor, Tensor]] | None = None
         self._work: dict[Tensor, dict[str, Tensor]] = {}  # reusable per-parameter buffers
 
@@ -207,10 +229,17 @@ class SampledOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Update μ from the collected samples; with ``closure``, first run ``mc_samples`` sampled passes."""
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], Any] | None = None, *, weight: float | None = None
+    ) -> Any:
+        """Update μ from the collected samples; with ``closure``, first run ``mc_samples`` sampled passes.
+
+        ``weight``: this rank's share w_r = |B_r|/|B| of the global batch in sync mode
+        (default 1/W); ignored without a process group or without sync.
+        """
         if self._active is not None:
             raise InputError("step() must be called after leaving sampled_params, not inside it")
+        w = S.check_weight(weight)
         loss = None
         if closure is not None:
             total = 0.0
@@ -219,6 +248,8 @@ class SampledOptimizer(torch.optim.Optimizer):
                     value = closure()
                 total += float(value.detach()) if isinstance(value, Tensor) else float(value or 0.0)
             loss = total / self.mc_samples
+        if self.sync and S.D.is_distributed():
+            loss = self._all_reduce_collected(w, loss)
         collected = False
         with torch.no_grad():
             for group in self.param_groups:
@@ -240,6 +271,34 @@ class SampledOptimizer(torch.optim.Optimizer):
                 "`with optimizer.sampled_params(train=True):` (or pass a closure)"
             )
         return loss
+
+    @torch.no_grad()
+    def _all_reduce_collected(self, weight: float, loss: float | None) -> float | None:
+        """ĝ ← Σ_r w_r ĝ_r and Σĝε ← Σ_r w_r (Σĝε)_r in place, for every parameter; the weighted loss."""
+        params = [(g, p) for g in self.param_groups for p in g["params"]]
+        counts: list[float] = []
+        tensors: list[Tensor] = []
+        for group, p in params:
+            state = self.state.get(p)
+            n = state.get("n_collected", 0) if state else 0
+            counts += [float(n), float(n * n)]
+            # β₂ = 1 (or VGD) collects no ĝ ⊙ ε: reduce only what the update reads
+            names = ("grad_avg", "geps_sum") if self._wants_noise_product(group) else ("grad_avg",)
+            for name in names:
+                tensors.append(state[name] if n else self._buffer(p, f"sync_{name}").zero_())
+        extras = [weight, weight * (loss if loss is not None else 0.0), *counts]
+        reduced = S.all_reduce_weighted_(tensors, weight, extras)
+        total_weight, world = reduced[0], S.D.world_size()
+        if abs(total_weight - 1.0) > 1e-6:
+            raise InputError(f"the ranks' weights |B_r|/|B| sum to {total_weight:g}, not 1")
+        for i in range(len(params)):
+            n_sum, sq_sum = reduced[2 + 2 * i], reduced[3 + 2 * i]
+            if world * sq_sum != n_sum * n_sum:  # equal counts iff W Σn² = (Σn)²
+                raise InputError(
+                    "sync: the ranks collected different numbers of sampled gradients for a "
+                    "parameter; every rank must run the same sampled passes before step()"
+                )
+        return reduced[1] if loss is not None else None
 
     # ------------------------------------------------------------------ prediction
 

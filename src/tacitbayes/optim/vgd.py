@@ -22,7 +22,10 @@ __all__ = ["VariationalGD"]
 
 
 class VariationalGD(SampledOptimizer):
-    """VGD: m ← m − ρ((1/N_s) Σᵢ ∇ℓ(m + εᵢ) + δm), εᵢ ~ N(0, σ²I); per-group ``lr``, ``sigma``, ``weight_decay``."""
+    """VGD: m ← m − ρ((1/N_s) Σᵢ ∇ℓ(m + εᵢ) + δm), εᵢ ~ N(0, σ²I); per-group ``lr``, ``sigma``, ``weight_decay``.
+
+    ``sync=True``: data-parallel sync mode of :mod:`tacitbayes.optim.sampling` (ĝ all-reduced).
+    """
 
     def __init__(
         self,
@@ -33,12 +36,13 @@ class VariationalGD(SampledOptimizer):
         weight_decay: float = 0.0,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        sync: bool = False,
     ) -> None:
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise InputError(f"n_samples must be an int ≥ 1, got {n_samples!r}")
         defaults = dict(lr=lr, sigma=sigma, weight_decay=weight_decay)
         _validate(defaults)
-        super().__init__(params, defaults, n_samples, seed, generator)
+        super().__init__(params, defaults, n_samples, seed, generator, sync)
 
     @property
     def n_samples(self) -> int:

@@ -14,6 +14,13 @@ J 𝒫V = J V − K U. Two solvers of K U = J V:
   M⁻¹ = λ_ℓ U Λ⁻¹ Uᵀ + (I − U Uᵀ). Memory: rows × ℓ.
 
 Either way the residual ‖J𝒫v‖/‖Jv‖ is measured afresh with the Jacobian at the end.
+
+Under torch.distributed the Jacobian's data-space vectors are replicated in the global row
+order (see :class:`DataJacobian`), so both solvers run the one-process iterations on every
+rank. ``jacobian_factors`` computes the factors of this rank's batches and all-gathers them
+(every rank then holds the factors of all N examples, N·``factor_bytes_per_example``
+bytes, and builds the same dense K, rows² numbers, redundantly); the Nyström columns
+K[:, S] are computed for this rank's rows and all-gathered (rows × ℓ numbers).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -75,12 +83,10 @@ def iter_factors(
     :mod:`tacitbayes.budget`) is split into consecutive pieces; rows keep their order.
     """
     per_example = factor_bytes_per_example(jac)
-    start = 0
-    for x, y in jac.iter_batches():
+    for (x, y), start in zip(jac.iter_batches(), jac.example_starts, strict=True):
         n = len(y)
-        if indices is not None:
+        if indices is not None:  # global example indices (this rank's batches only)
             local = indices[(indices >= start) & (indices < start + n)] - start
-            start += n
             if len(local) == 0:
                 continue
             x, y = map_inputs(lambda t, rows=local: t[rows], x), y[local]
@@ -90,8 +96,44 @@ def iter_factors(
 
 
 def jacobian_factors(jac: DataJacobian, indices: Tensor | None = None) -> list[KernelFactors]:
-    """Kernel factors of every batch of ``jac`` (or of the examples at ``indices`` only), held."""
-    return list(iter_factors(jac, indices))
+    """Kernel factors of every batch of ``jac`` (or of the examples at ``indices`` only), held.
+
+    Under torch.distributed: the factors of every rank's batches, all-gathered, in the global
+    batch order (the list one process would build on the whole loader).
+    """
+    if not jac.distributed:
+        return list(iter_factors(jac, indices))
+    mine = []
+    for b, (x, y), start in zip(jac.batch_ids, jac.iter_batches(), jac.example_starts, strict=True):
+        one = _OneBatch(jac, x, y, start)
+        mine.append((b, [_to(f, torch.device("cpu")) for f in iter_factors(one, indices)]))
+    parts: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, mine)
+    ordered = sorted((b, fs) for part in parts for b, fs in part)
+    return [_to(f, jac.device) for _, fs in ordered for f in fs]
+
+
+class _OneBatch:
+    """One batch of a DataJacobian, seen by :func:`iter_factors` as a Jacobian of its own."""
+
+    def __init__(self, jac: DataJacobian, x: Inputs, y: Tensor, start: int) -> None:
+        self.jac, self.batch, self.example_starts = jac, (x, y), [start]
+
+    def iter_batches(self) -> Iterator[tuple[Inputs, Tensor]]:
+        yield self.batch
+
+    def __getattr__(self, name: str):  # everything else: the Jacobian's
+        return getattr(self.jac, name)
+
+
+def _to(f: KernelFactors, device: torch.device) -> KernelFactors:
+    """The factors moved to ``device`` (CPU for pickling through the process group)."""
+    return KernelFactors(
+        f.n,
+        f.n_outputs,
+        [(None if a is None else a.to(device), g.to(device), bias) for a, g, bias in f.hadamard],
+        None if f.explicit is None else f.explicit.to(device),
+    )
 
 
 class GramSolver:
@@ -204,8 +246,11 @@ def nystrom_preconditioner(
     n_examples = max(1, min(jac.n_data, math.ceil(rank / jac.n_outputs)))
     chosen = torch.randperm(jac.n_data, generator=generator)[:n_examples].sort().values
     subset = jacobian_factors(jac, chosen)
-    # stream the loader: only the subset's factors stay in memory
-    C = torch.cat([ntk_cross([factors], subset) for factors in iter_factors(jac)])
+    # stream the loader: only the subset's factors stay in memory; this rank's rows, gathered
+    blocks = [ntk_cross([factors], subset) for factors in iter_factors(jac)]
+    width = sum(f.n * f.n_outputs for f in subset)
+    empty = torch.zeros(0, width, dtype=torch.float64, device=jac.device)
+    C = jac.gather_rows(torch.cat(blocks) if blocks else empty)
     core = ntk_cross(subset, subset)
     return NystromPreconditioner(C, core)
 

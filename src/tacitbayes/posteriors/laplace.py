@@ -19,6 +19,9 @@ linear-Gaussian model at its MAP the expression is the exact evidence.
 
 Predictions average over weight perturbations δθ ~ N(0, (sH + diag δ)⁻¹) in the flat order of
 the covered parameters, pushed through the linearized network (default) or the network itself.
+
+Under ``torch.distributed`` every rank is given the same loaders: ``fit`` reads its shard and
+the backends all-reduce the curvature, N, O and L(θ*) (global evidence, same δ on every rank).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, n_examples, peek_batch
+from tacitbayes.distributed import all_gather_cat, is_distributed, presharded, shard
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, last_layer_names, layer_names
 from tacitbayes.posteriors.glm import glm_predictive
@@ -57,6 +62,30 @@ LIKELIHOODS = {
     "regression": "mse",
 }
 STRUCTURES = ("diag", "kron", "last_layer")
+
+
+def _trace_last_layer(model: nn.Module, loader: Iterable[Any]) -> tuple[list[str], Iterable[Any]]:
+    """(last-layer names traced on the first batch, the loader: still one pass).
+
+    Every rank holds the same loader, hence the same first batch (an empty shard too); a
+    presharded loader is traced on the lowest rank holding a batch, the names broadcast.
+    """
+    if not (is_distributed() and shard(loader) is loader):
+        first, rest = peek_batch(loader, "train_loader")
+        return last_layer_names(model, first.inputs), rest
+    try:
+        first, rest = peek_batch(loader, "train_loader")
+    except InputError:  # an empty shard of a presharded loader
+        first, rest = None, loader
+    device = next(model.parameters()).device  # where the backend's collectives run
+    flags = all_gather_cat(torch.tensor([first is not None], dtype=torch.float64, device=device))
+    holders = flags.nonzero().flatten().tolist()
+    if not holders:
+        raise InputError("train_loader holds no batch")
+    names = [None if first is None else last_layer_names(model, first.inputs)]
+    dist.broadcast_object_list(names, src=holders[0])
+    assert names[0] is not None
+    return names[0], presharded(rest)
 
 
 def _check_sigma(value: object) -> float:
@@ -223,8 +252,8 @@ class Laplace:
         """
         loader = as_loader(train_loader, FIT_BATCH_SIZE, what="train_loader")
         if self._fmodel is None:  # last_layer, none named: trace it on the first batch
-            first, loader = peek_batch(loader, "train_loader")  # still one pass
-            self._cover(last_layer_names(self.model, first.inputs))
+            names, loader = _trace_last_layer(self.model, loader)
+            self._cover(names)
             self._prior = self._check_prior(self._prior)
         backend = BACKENDS[self.structure]
         curv = backend.fit(self.model, self.loss, loader, self.param_names)

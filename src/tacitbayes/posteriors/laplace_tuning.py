@@ -9,6 +9,8 @@ default grid is extended while its edge point is the best); every δ uses the sa
 standard-normal draws (common random numbers). A search that ends at the edge of its
 range (the evidence search at its bounds 1e-8/1e8, the validation grid at its ends or its
 extension limit) warns and says so in its record (:func:`tacitbayes.search.check_grid_edge`).
+Under ``torch.distributed`` each rank reads its shard of the validation loader and the NLL
+sums and counts are all-reduced, so every rank chooses the same δ.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from tacitbayes.batches import FIT_BATCH_SIZE, as_loader, n_examples, read_batch
+from tacitbayes.distributed import all_reduce_, shard
 from tacitbayes.errors import InputError
 from tacitbayes.search import check_grid_edge
 
@@ -120,7 +123,7 @@ def predictive_nll(
         la.prior_precision = prior_precision
     total, count = 0.0, 0
     try:
-        for batch in as_loader(loader, FIT_BATCH_SIZE, what="val_loader"):
+        for batch in shard(as_loader(loader, FIT_BATCH_SIZE, what="val_loader")):
             x, y = read_batch(batch)
             if link_approx == "mc":
                 out = la.predict(x, n_samples=n_samples, linearized=linearized)
@@ -137,6 +140,8 @@ def predictive_nll(
             count += n_examples(x)
     finally:
         la.prior_precision = saved
+    sums = all_reduce_(torch.tensor([total, count], dtype=torch.float64, device=la.device))
+    total, count = float(sums[0]), int(sums[1])
     if count == 0:
         raise InputError("val_loader holds no example")
     return total / count

@@ -3,6 +3,8 @@
 Linearised: f_lin(θ* + δ, x) = f(θ*, x) + J(x) δ (one JVP per sample, vmapped);
 sampled: the network itself at θ* + δ. Classification averages softmax
 probabilities over samples. Both work in chunks of samples to bound memory.
+Under ``torch.distributed`` :func:`validation_nll` reads this rank's shard of the loader and
+all-reduces the NLL sums and the count (the deltas must be the same on every rank).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, iter_batches, move_inputs
+from tacitbayes.distributed import all_reduce_, shard
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, unflatten
 
@@ -113,9 +116,8 @@ def validation_nll(
     fmodel = FunctionalModel(model, param_names)
     params = fmodel.params()
     first = next(iter(params.values()))
-    for x, y in iter_batches(
-        as_loader(loader, FIT_BATCH_SIZE, what="the validation loader"), first.device, first.dtype
-    ):
+    batches = shard(as_loader(loader, FIT_BATCH_SIZE, what="the validation loader"))
+    for x, y in iter_batches(batches, first.device, first.dtype):
         with torch.no_grad():
             shifted = sample_logits(
                 model, x, deltas, linearized=True, param_names=param_names, chunk_size=chunk_size
@@ -126,6 +128,8 @@ def validation_nll(
         for i, alpha in enumerate(precisions):
             totals[i] += _nll_sum(f0 + shifts / float(alpha) ** 0.5, y, likelihood, noise_variance)
         count += len(y)
+    sums = all_reduce_(torch.cat([totals, totals.new_tensor([count])]).to(first.device))
+    totals, count = sums[:-1].cpu(), int(sums[-1])
     if count == 0:
         raise InputError("the validation loader yields no batch")
     return (totals / count).tolist()

@@ -17,6 +17,10 @@ Solvers (``solver=``): ``"auto"`` (default) picks ``"gram"`` when the dense NTK 
 K = J Jᵀ and its Cholesky factor fit in ``memory_budget`` bytes, ``"nystrom"``
 otherwise; ``"krylov"`` (LSQR on J) and ``"alternating"`` (the paper's sweeps, which
 keep the batches in memory) are references. See :mod:`kernel_projection`.
+
+torch.distributed: give every rank the same loaders; each reads its shard, J V / Jᵀ U are
+all-gathered / all-reduced (:class:`DataJacobian`), so ``gram``, ``nystrom`` and ``krylov``
+run the one-process iterations on every rank and the samples are replicated.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from tacitbayes.curvature.ntk import (
     ntk_cross,
     ntk_gram,
 )
+from tacitbayes.distributed import is_distributed
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.posteriors.kernel_projection import (
@@ -225,6 +230,8 @@ class ProjectedPosterior:
         first use of the samples.
         """
         start = time.perf_counter()
+        if self.solver == "alternating" and is_distributed():
+            raise InputError("solver='alternating' does not run under torch.distributed yet")
         self._jac = self._jacobian(_Pairs(train_loader))
         self._theta = self._jac.params_flat()
         rows = self._jac.shape[0]

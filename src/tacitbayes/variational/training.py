@@ -5,6 +5,15 @@ batches is used as given; a Dataset is batched by ``config.batch_size`` and shuf
 (seed, epoch) (:func:`tacitbayes.batches.as_loader`). Losses: ``"cross_entropy"``,
 ``"mse"`` (½‖f − y‖², real targets for regression) and ``"binary_cross_entropy"`` (one
 logit), see :mod:`tacitbayes.likelihoods`.
+
+Under a process group (:mod:`tacitbayes.distributed`) every rank reads the same global
+batches and draws the same noise z (torch's global RNG, reseeded from (seed, epoch) by
+``epoch_batches`` on every rank, after rank 0's weights are broadcast): rank r evaluates
+the shared samples on its rows B_r of each batch (:func:`tacitbayes.optim.sync.rank_rows`)
+and the gradients are combined as ∇ = Σ_r (|B_r|/|B|) ∇ℓ_{B_r}, so a step on W ranks is
+the one-process step and the ranks stay identical. Exact for models whose forward pass
+does not depend on the batch as a whole or on extra randomness: BatchNorm's batch
+statistics are per slice, and dropout masks are drawn per slice from the shared RNG.
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tacitbayes.batches import as_loader, iter_batches, n_batches
+from tacitbayes import distributed as D
+from tacitbayes.batches import as_loader, iter_batches, n_batches, n_examples, slice_inputs
 from tacitbayes.devices import model_device, model_dtype
-from tacitbayes.errors import InputError
+from tacitbayes.errors import InputError, TrainingDivergedError
 from tacitbayes.likelihoods import LOSSES
+from tacitbayes.optim import sync as S
 from tacitbayes.training import (
     EVAL_BATCH,
     epoch_batches,
@@ -122,6 +133,7 @@ def train_ibvi(
     )
     val_loader = None if val_set is None else as_loader(val_set, EVAL_BATCH, what="val_set")
     optimizer = make_optimizer(vnet, config)
+    S.broadcast_tensors_([*vnet.parameters(), *vnet.buffers()])  # rank 0's weights (W > 1)
     flags = [(m, m.training) for m in vnet.modules()]
     vnet.train()
     try:
@@ -144,10 +156,14 @@ def _train_epochs(
     total_steps = steps_per_epoch * config.epochs
     result = IBVIResult()
     bar = tqdm(
-        range(config.epochs), desc="train IBVI", disable=not config.progress or None, leave=False
+        range(config.epochs),
+        desc="train IBVI",
+        disable=not (config.progress and D.is_main()) or None,
+        leave=False,
     )
+    run_epoch = sliced_epoch if D.is_distributed() else minibatch_epoch
     for epoch in bar:
-        train_loss = minibatch_epoch(
+        train_loss = run_epoch(
             optimizer,
             iter_batches(
                 epoch_batches(loader, config.batch_size, config.seed, epoch), device, dtype
@@ -166,3 +182,47 @@ def _train_epochs(
         result.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
     return result
+
+
+def sliced_epoch(
+    optimizer: torch.optim.Optimizer,
+    batches: Any,
+    loss_fn: Any,
+    lr_at: Any,
+    epoch: int,
+    what: str = "training loss",
+) -> float:
+    """``minibatch_epoch`` over ranks: each step uses ∇ = Σ_r (|B_r|/|B|) ∇ℓ_{B_r} of its global batch B; mean loss.
+
+    Every rank must iterate the same global batches; rank r evaluates ``loss_fn`` on its
+    rows B_r (a rank with no rows evaluates one row at weight 0, so the ranks draw alike).
+    Divergence is judged on the all-reduced loss, so all ranks stop together.
+    """
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    total, count = 0.0, 0
+    for step, (x, y) in enumerate(batches):
+        base = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = base * group.get("lr_multiplier", 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        n = n_examples(x)
+        start, stop = S.rank_rows(n)
+        weight = (stop - start) / n
+        if start == stop:
+            start, stop = 0, 1
+        loss = loss_fn(slice_inputs(x, start, stop), y[start:stop])
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        present = [float(p.grad is not None) for p in params]
+        reduced = S.all_reduce_weighted_(grads, weight, [weight * float(loss.detach()), *present])
+        if not math.isfinite(reduced[0]):
+            raise TrainingDivergedError(
+                f"non-finite {what} at epoch {epoch + 1}, step {step + 1} "
+                "(try a smaller learning rate)"
+            )
+        for p, g, k in zip(params, grads, reduced[1:], strict=True):
+            p.grad = g if k > 0 else None
+        optimizer.step()
+        total += reduced[0] * n
+        count += n
+    return total / max(count, 1)

@@ -1,0 +1,155 @@
+"""Data-parallel fits on 1 and 2 processes: seconds and bytes communicated per pass over the data.
+
+For the KFAC Laplace fit (``Laplace(structure="kron").fit``: one pass) and the projected
+posterior (``ProjectedPosterior.fit`` and the projection of 8 samples, ``projected_noise(8)``,
+by LSQR capped at 20 iterations so that both world sizes do the same work)
+of the fashion-mnist MLP (784-512-512-10 at its initialisation: the cost does not depend on
+the weights), on ``--n-train`` training images in batches of 500, each world size W runs W
+gloo processes with 2/W threads each (the machine has 2 cores, so the speed-up is bounded by
+2 and by the serial parts). Per fit: the median wall time over ``--repeats`` (the slowest
+rank), and the bytes one rank put into collectives per pass over the data, measured at
+the full and at half the training set (the target: communication per pass independent of N,
+so the two are equal).
+
+    .venv/bin/python benchmarks/distributed.py [--n-train 55000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import tacitbayes as tb
+from tacitbayes import distributed as D
+from tacitbayes.data import BatchLoader
+from tacitbayes.models import build_model
+
+BATCH = 500
+
+
+def _fits(n_train: int, repeats: int) -> dict:
+    """Times and bytes of both fits on this rank (inside a process group, or alone)."""
+    data = tb.data.load_dataset("fashion-mnist", ood=False)
+    train = torch.utils.data.Subset(data.train, range(n_train))
+    torch.manual_seed(0)
+    model = build_model("mlp", data.input_shape, data.n_classes)
+    loader = BatchLoader(train, BATCH)
+    out: dict = {"kfac_seconds": [], "projected_seconds": []}
+    for _ in range(repeats):
+        if D.is_distributed():
+            dist.barrier()
+        D.communicated_bytes(reset=True)
+        start = time.perf_counter()
+        tb.Laplace(model, "classification", structure="kron").fit(loader)
+        out["kfac_seconds"].append(time.perf_counter() - start)
+        out["kfac_bytes_per_pass"] = D.communicated_bytes(reset=True)
+        if D.is_distributed():
+            dist.barrier()
+        start = time.perf_counter()
+        post = tb.ProjectedPosterior(model, "classification", solver="krylov", max_iters=20)
+        post.fit(loader)
+        post.projected_noise(8)
+        out["projected_seconds"].append(time.perf_counter() - start)
+        passes = 1 + sum(info.data_passes for info in post.infos)  # the fit's pass + the solver's
+        out["projected_bytes_per_pass"] = D.communicated_bytes(reset=True) / passes
+        out["projected_passes"] = passes
+    return out
+
+
+def _worker(rank: int, world: int, folder: str, n_train: int, repeats: int) -> None:
+    torch.set_num_threads(max(1, 2 // world))
+    store = dist.FileStore(os.path.join(folder, "store"), world)
+    dist.init_process_group(
+        "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=600)
+    )
+    try:
+        torch.save(_fits(n_train, repeats), os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run(world: int, n_train: int, repeats: int) -> dict:
+    """The fits on ``world`` processes; seconds of the slowest rank, bytes of rank 0."""
+    if world == 1:
+        torch.set_num_threads(2)
+        return _fits(n_train, repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        ctx = mp.start_processes(
+            _worker,
+            args=(world, folder, n_train, repeats),
+            nprocs=world,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + 3600
+        while not ctx.join(timeout=60):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                raise TimeoutError("the ranks did not finish in an hour")
+        ranks = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world)]
+    out = dict(ranks[0])
+    for key in ("kfac_seconds", "projected_seconds"):
+        out[key] = [max(vals) for vals in zip(*(r[key] for r in ranks), strict=True)]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-train", type=int, default=55000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    results = {}
+    for world in (1, 2):
+        full = run(world, args.n_train, args.repeats)
+        half = run(world, args.n_train // 2, 1) if world > 1 else None
+        entry = {
+            "kfac_seconds": statistics.median(full["kfac_seconds"]),
+            "projected_seconds": statistics.median(full["projected_seconds"]),
+            "projected_passes": full["projected_passes"],
+        }
+        if half is not None:
+            entry["kfac_bytes_per_pass"] = {
+                "n": full["kfac_bytes_per_pass"],
+                "n/2": half["kfac_bytes_per_pass"],
+            }
+            entry["projected_bytes_per_pass"] = {
+                "n": full["projected_bytes_per_pass"],
+                "n/2": half["projected_bytes_per_pass"],
+            }
+        results[f"{world}_process"] = entry
+    one, two = results["1_process"], results["2_process"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "distributed",
+                "torch": torch.__version__,
+                "n_train": args.n_train,
+                "batch": BATCH,
+                "results": results,
+                "speedup": {
+                    "kfac": one["kfac_seconds"] / two["kfac_seconds"],
+                    "projected": one["projected_seconds"] / two["projected_seconds"],
+                },
+                "communication_independent_of_n": {
+                    k: two[k]["n"] == two[k]["n/2"]
+                    for k in ("kfac_bytes_per_pass", "projected_bytes_per_pass")
+                },
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
