@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from tacitbayes import (  # noqa: E402
     curvature,
     data,
+    distributed,
     dynamics,
     functional,
     linalg,
@@ -38,6 +39,7 @@ __all__ = [
     "__version__",
     "curvature",
     "data",
+    "distributed",
     "dynamics",
     "functional",
     "linalg",

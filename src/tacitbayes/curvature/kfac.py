@@ -412,17 +412,26 @@ class KFAC(LinearOperator):
         return out.squeeze(1) if was_vector else out
 
     def logdet(self, prior_precision: float | Tensor) -> Tensor:
-        """log det(KFAC + δI) = Σ_l Σ_{i,j} log(λ_G,i λ_A,j + δ_l) + Σ_b Σ_i log(h_i + δ_b) (differentiable in δ)."""
-        return sum(m.log().sum() for m in self._damped(prior_precision).values())  # type: ignore[return-value]
+        """log det(KFAC + δI) = Σ_l Σ_{i,j} log(λ_G,i λ_A,j + δ_l) + Σ_b Σ_i log(h_i + δ_b) (differentiable in δ).
+
+        Logs and sum in float64 (a float64 0-d tensor): a float32 sum over P terms carries an
+        error of order one, enough to move an evidence search from run to run.
+        """
+        return sum(m.double().log().sum() for m in self._damped(prior_precision).values())  # type: ignore[return-value]
 
     def sample_transform(self, z: Tensor, prior_precision: float | Tensor) -> Tensor:
-        """Map standard-normal z (P,) or (P, k) to N(0, (KFAC + δI)⁻¹): W̃ ↦ Q_G (Z̃ / √M) Q_Aᵀ."""
+        """Map standard-normal z (P,) or (P, k) to N(0, (KFAC + δI)⁻¹) by the symmetric square root.
+
+        W̃ ↦ Q_G ((Q_Gᵀ W̃ Q_A) / √M) Q_Aᵀ: the same matrix whatever eigenbasis ``eigh``
+        returns (signs, rotations within repeated eigenvalues), so a sample is a continuous
+        function of the factors and agrees between runs that sum them in another order.
+        """
         Z, was_vector = self._checked(z)
         damped = self._damped(prior_precision)
 
         def one(la: FactoredLayer, w: Tensor) -> Tensor:
             _, q_g, _, q_a = self._eigh(la.name)
-            return q_g @ (w * damped[la.name].rsqrt()) @ q_a.mT
+            return q_g @ ((q_g.mT @ w @ q_a) * damped[la.name].rsqrt()) @ q_a.mT
 
         out = self._blockwise(Z, one, lambda name, rows: rows * damped[name].rsqrt()[:, None])
         return out.squeeze(1) if was_vector else out

@@ -290,6 +290,7 @@ class Laplace:
         """log p(D|θ*) − ½Σ_g δ_g‖θ*_g‖² + ½Σ_g P_g log δ_g − ½ log det(sH + diag δ); differentiable in δ.
 
         ``sigma_noise`` (regression): evaluate at this σ (s = 1/σ²) instead of the current one.
+        The log-determinant is summed in float64, so the value is a float64 0-d tensor.
         """
         self._require_fit()
         assert self.mean is not None

@@ -144,8 +144,8 @@ class DiagonalCurvature(_Scaled):
         return self.scale * self.diagonal + per_parameter(delta, self.group_sizes)
 
     def logdet(self, delta: Tensor) -> Tensor:
-        """Σ_i log(s h_i + δ_g(i))."""
-        return self._precision(delta).log().sum()
+        """Σ_i log(s h_i + δ_g(i)), logs and sum in float64."""
+        return self._precision(delta).double().log().sum()
 
     def sample_transform(self, z: Tensor, delta: Tensor) -> Tensor:
         """z_i / √(s h_i + δ_g(i)) for z of shape (P, k)."""
@@ -329,8 +329,8 @@ class DenseCurvature(_Scaled):
         return self._eigenvalues
 
     def logdet(self, delta: Tensor) -> Tensor:
-        """Σ_i log(s λ_i + δ)."""
-        return (self.scale * self.eigenvalues + delta[0]).log().sum()
+        """Σ_i log(s λ_i + δ), logs and sum in float64."""
+        return (self.scale * self.eigenvalues + delta[0]).double().log().sum()
 
     def cholesky(self, delta: Tensor) -> Tensor:
         """Lower Cholesky factor L of sH + δI (cached for the last δ)."""
