@@ -45,6 +45,7 @@ __all__ = [
     "presharded",
     "process_group_from_env",
     "rank",
+    "rank_rows",
     "shard",
     "world_size",
 ]
@@ -79,6 +80,12 @@ def rank() -> int:
 def is_main() -> bool:
     """Whether this is rank 0: the process that writes files and shows progress."""
     return rank() == 0
+
+
+def rank_rows(n: int) -> tuple[int, int]:
+    """This rank's rows [r·n/W, (r+1)·n/W) of a global batch of n rows (W near-equal slices)."""
+    w, r = world_size(), rank()
+    return r * n // w, (r + 1) * n // w
 
 
 def all_reduce_(t: Tensor) -> Tensor:

@@ -48,6 +48,7 @@ from tacitbayes.errors import InputError, TrainingDivergedError
 from tacitbayes.functional import eval_mode
 from tacitbayes.io import save_torch
 from tacitbayes.likelihoods import LOSSES, mean_loss
+from tacitbayes.optim.sync import broadcast_tensors_
 
 EVAL_BATCH = 1024  # batch size of a validation Dataset
 OPTIMIZERS = ("adam", "sgd")
@@ -234,17 +235,11 @@ def _load_checkpoint(
     return state
 
 
-def rank_slice(n: int) -> slice:
-    """This rank's contiguous part [r·n/W, (r+1)·n/W) of a global batch of n examples."""
-    r, w = D.rank(), D.world_size()
-    return slice(r * n // w, (r + 1) * n // w)
-
-
 def _sliced_loss(model: nn.Module, loss: str) -> Callable[[Inputs, Tensor], Tensor]:
     """(n_r/B) ℓ̄_r: this rank's slice mean loss weighted so that Σ_ranks is the global mean."""
 
     def loss_fn(x: Inputs, y: Tensor) -> Tensor:
-        part = rank_slice(len(y))
+        part = slice(*D.rank_rows(len(y)))
         n = part.stop - part.start
         if n == 0:  # a batch smaller than W: this rank adds nothing
             return torch.zeros(
@@ -295,13 +290,6 @@ def _average_buffers(model: nn.Module) -> None:
                 D.all_reduce_(b).div_(D.world_size())
 
 
-def _from_rank_zero(model: nn.Module) -> None:
-    """Parameters and buffers ← rank 0's, so every rank starts from the same state."""
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            D.broadcast_(t.data)
-
-
 def train_map(
     model: nn.Module,
     train_set: Any,
@@ -350,7 +338,9 @@ def train_map(
         result.history = list(state.get("history", []))
     parallel = D.is_distributed()
     if parallel:
-        _from_rank_zero(model)
+        broadcast_tensors_(
+            [*model.parameters(), *model.buffers()]
+        )  # every rank from rank 0's state
     steps_per_epoch = n_batches(loader)
     total_steps = steps_per_epoch * config.epochs
     bar = tqdm(

@@ -2,7 +2,7 @@
 
 Data parallelism with a *shared* sample: every rank holds the same parameters and draws
 the same noise (one generator, broadcast from rank 0), reads the same global batch B and
-computes the gradient of its own slice B_r of it (:func:`rank_rows`); the per-rank
+computes the gradient of its own slice B_r of it (:func:`tacitbayes.distributed.rank_rows`); the per-rank
 statistics s_r (gradients, ĝ ⊙ ε sums, losses) are then combined as
 
     s = Σ_r w_r s_r,   w_r = |B_r| / |B|,
@@ -14,13 +14,14 @@ the ranks never branch apart. Without a process group every function here is the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from tacitbayes import distributed as D
+from tacitbayes.distributed import rank_rows
 from tacitbayes.errors import InputError
 
 __all__ = [
@@ -32,12 +33,6 @@ __all__ = [
 ]
 
 
-def rank_rows(n: int) -> tuple[int, int]:
-    """This rank's rows [start, stop) of a global batch of n rows: slice r of W near-equal slices."""
-    w, r = D.world_size(), D.rank()
-    return r * n // w, (r + 1) * n // w
-
-
 def _flat_groups(tensors: Sequence[Tensor]) -> dict[tuple, list[int]]:
     """Indices of ``tensors`` grouped by (dtype, device): one collective per group."""
     groups: dict[tuple, list[int]] = {}
@@ -46,19 +41,24 @@ def _flat_groups(tensors: Sequence[Tensor]) -> dict[tuple, list[int]]:
     return groups
 
 
-def broadcast_tensors_(tensors: Sequence[Tensor], src: int = 0) -> None:
-    """t ← rank ``src``'s t for every tensor, in place (flattened per dtype; identity with one rank)."""
-    if not D.is_distributed() or not tensors:
-        return
+def _flat_apply_(tensors: Sequence[Tensor], collective: Callable[[Tensor], object]) -> None:
+    """Per (dtype, device) group: concatenate, run ``collective`` on the flat copy in place, write back."""
     for idx in _flat_groups(tensors).values():
         flat = torch.cat([tensors[i].detach().reshape(-1) for i in idx])
-        D.broadcast_(flat, src=src)
+        collective(flat)
         offset = 0
         for i in idx:
             t = tensors[i]
             with torch.no_grad():
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
+
+
+def broadcast_tensors_(tensors: Sequence[Tensor], src: int = 0) -> None:
+    """t ← rank ``src``'s t for every tensor, in place (flattened per dtype; identity with one rank)."""
+    if not D.is_distributed() or not tensors:
+        return
+    _flat_apply_(tensors, lambda flat: D.broadcast_(flat, src=src))
 
 
 def broadcast_generator_(generator: torch.Generator, device: torch.device, src: int = 0) -> None:
@@ -87,16 +87,7 @@ def all_reduce_weighted_(
     header = torch.tensor([float(x) for x in extras], dtype=torch.float64, device=device)
     if header.numel():
         D.all_reduce_(header)
-    for idx in _flat_groups(tensors).values():
-        flat = torch.cat([tensors[i].detach().reshape(-1) for i in idx])
-        flat.mul_(weight)
-        D.all_reduce_(flat)
-        offset = 0
-        for i in idx:
-            t = tensors[i]
-            with torch.no_grad():
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+    _flat_apply_(tensors, lambda flat: D.all_reduce_(flat.mul_(weight)))
     return header.tolist()
 
 
