@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import pytest
 import torch
 from ranks import run_ranks
 from torch import nn
 
+from tacitbayes import distributed as D
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.errors import InputError
 from tacitbayes.posteriors.projected import ProjectedPosterior
@@ -43,8 +43,26 @@ def _results(n_batches: int) -> dict:
     return out
 
 
+def _bytes_per_pass(solver: str, scale: int) -> float:
+    """Bytes one rank communicates per data pass of a 6-iteration projection, at N = 11·scale."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    loader = [
+        (torch.randn(n * scale, 8, dtype=torch.float64), torch.randint(0, 2, (n * scale,)))
+        for n in (3, 2, 3, 1, 2)
+    ]
+    post = ProjectedPosterior(model, solver=solver, tol=1e-300, max_iters=6, nystrom_rank=6)
+    post.fit(loader)
+    V = torch.randn(post.n_params, 4, dtype=torch.float64)
+    D.communicated_bytes(reset=True)
+    _, info = post.project(V)
+    assert info.iterations == 6
+    return D.communicated_bytes(reset=True) / info.data_passes
+
+
 def _ranks(rank: int, world_size: int) -> dict:
     out = {n: _results(n) for n in CASES}  # one spawn for both cases (imports dominate)
+    out["bytes"] = {s: [_bytes_per_pass(s, k) for k in (1, 4)] for s in ("krylov", "nystrom")}
     model, loader, _ = _setup(5)
     try:
         ProjectedPosterior(model, solver="alternating").fit(loader)
@@ -53,14 +71,23 @@ def _ranks(rank: int, world_size: int) -> dict:
     return out
 
 
+def test_communication_per_pass_does_not_grow_with_n(ranks: list[dict]) -> None:
+    for solver, (small, large) in ranks[0]["bytes"].items():
+        assert small > 0 and small == large, f"{solver}: {small} vs {large} bytes per pass"
+
+
 def _close(a: object, b: object, what: str) -> None:
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     error = float((a - b).abs().max()) / float(b.abs().max().clamp_min(1e-300))
     assert error <= 1e-10, f"{what}: relative difference {error:.2e}"
 
 
-def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
-    ranks = run_ranks(_ranks, tmp_path)
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return run_ranks(_ranks, tmp_path_factory.mktemp("projected"))
+
+
+def test_two_ranks_equal_one_process(ranks: list[dict]) -> None:
     assert ranks[0]["alternating_refused"] and ranks[1]["alternating_refused"]
     for n_batches in CASES:
         _compare(ranks[0][n_batches], ranks[1][n_batches], _results(n_batches))

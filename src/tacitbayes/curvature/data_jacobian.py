@@ -11,9 +11,12 @@ a time (``cache=True`` keeps the batches, for solvers that visit them out of ord
 
 Under torch.distributed (see :mod:`tacitbayes.distributed`) every rank is given the same
 loader and reads its shard; the operator is still the GLOBAL J. Parameter-space vectors
-are replicated; data-space vectors are replicated too, in the row order one process would
-use on the whole loader: J V computes this rank's rows and all-gathers them (N·O·k
-numbers, small next to P·k), Jᵀ U takes this rank's rows of U and all-reduces the sum.
+are replicated. ``J @ V`` and ``J.T @ U`` use replicated data-space vectors in the row
+order one process would use on the whole loader: J V computes this rank's rows and
+all-gathers them (N·O·k numbers), Jᵀ U takes this rank's rows of U and all-reduces the
+sum. The solvers use the sharded form instead, whose communication does not grow with
+N: ``local_matmat`` (this rank's rows of J V, no communication), ``local_rmatmat`` (Jᵀ U
+from this rank's rows, one P·k all-reduce) and ``row_inner`` / ``row_norms`` (k numbers).
 ``shape``, ``n_data`` and ``loss_sum`` are global; the per-batch methods (``iter_batches``,
 ``batch``, ``batch_rows``, ``n_batches``, ``batch_gram``) see this rank's batches only, and
 ``batch_ids`` / ``example_starts`` place them in the global order.
@@ -228,19 +231,40 @@ class DataJacobian(LinearOperator):
             gram = torch.cat(cols, dim=1)
         return 0.5 * (gram + gram.T)
 
-    def _matmat(self, v: Tensor) -> Tensor:
-        parts = [self.batch_matmat(b, v) for b in self.iter_batches()]
-        local = torch.cat(parts) if parts else v.new_zeros(0, v.shape[1])
-        return self.gather_rows(local)
+    @property
+    def local_row_count(self) -> int:
+        """Rows of J this rank owns (all of them with one process)."""
+        return sum(self.batch_rows)
 
-    def _rmatmat(self, u: Tensor) -> Tensor:
-        out = torch.zeros(self.shape[1], u.shape[1], dtype=self.dtype, device=self.device)
-        u = self.local_rows(u)
+    def local_matmat(self, V: Tensor) -> Tensor:
+        """This rank's rows of J V, in its batch order: (P, k) -> (local rows, k); no communication."""
+        parts = [self.batch_matmat(b, V) for b in self.iter_batches()]
+        return torch.cat(parts) if parts else V.new_zeros(0, V.shape[1])
+
+    def local_rmatmat(self, U: Tensor) -> Tensor:
+        """Jᵀ U = Σ_ranks J_rᵀ U_r from this rank's rows U_r: (local rows, k) -> (P, k), all-reduced."""
+        if U.shape[0] != self.local_row_count:
+            raise InputError(f"U must have {self.local_row_count} rows here, got {U.shape[0]}")
+        out = torch.zeros(self.shape[1], U.shape[1], dtype=self.dtype, device=self.device)
         start = 0
         for b, rows in zip(self.iter_batches(), self.batch_rows, strict=True):
-            out += self.batch_rmatmat(b, u[start : start + rows])
+            out += self.batch_rmatmat(b, U[start : start + rows])
             start += rows
         return all_reduce_(out)
+
+    def row_inner(self, A: Tensor, B: Tensor) -> Tensor:
+        """Per-column aᵀb of two sharded data-space blocks (this rank's rows): (k,), summed over ranks."""
+        return all_reduce_((A * B).sum(0))
+
+    def row_norms(self, A: Tensor) -> Tensor:
+        """Per-column ‖a‖ of a sharded data-space block (this rank's rows), over every rank."""
+        return self.row_inner(A, A).clamp_min(0).sqrt()
+
+    def _matmat(self, v: Tensor) -> Tensor:
+        return self.gather_rows(self.local_matmat(v))
+
+    def _rmatmat(self, u: Tensor) -> Tensor:
+        return self.local_rmatmat(self.local_rows(u))
 
     def _matvec(self, v: Tensor) -> Tensor:
         return self._matmat(v.unsqueeze(1)).squeeze(1)

@@ -29,6 +29,8 @@ class SupportsMatmul(Protocol):
 
 
 Operator = Callable[[Tensor], Tensor] | SupportsMatmul
+Inner = Callable[[Tensor, Tensor], Tensor]
+"""Per-column inner products (A, B) -> (k,) of two blocks; a sharded space sums over ranks."""
 
 
 @dataclass
@@ -82,11 +84,15 @@ class _Counted:
         return out
 
 
-def _rhs_block(B: object) -> tuple[Tensor, bool]:
-    """Check a right-hand side (N,) or (N, k) of float32/float64 and return it as a block."""
+def _rhs_block(B: object, sharded: bool = False) -> tuple[Tensor, bool]:
+    """Check a right-hand side (N,) or (N, k) of float32/float64 and return it as a block.
+
+    A shard (``sharded``) may hold no rows: its process still joins every reduction.
+    """
     if not isinstance(B, Tensor):
         raise InputError(f"the right-hand side must be a torch.Tensor, got {type(B).__name__}")
-    if B.ndim not in (1, 2) or B.shape[0] == 0 or (B.ndim == 2 and B.shape[1] == 0):
+    empty = B.ndim >= 1 and B.shape[0] == 0 and not sharded
+    if B.ndim not in (1, 2) or empty or (B.ndim == 2 and B.shape[1] == 0):
         raise InputError(
             f"the right-hand side must have shape (N,) or (N, k), got {tuple(B.shape)}"
         )
@@ -108,6 +114,23 @@ def _safe_div(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(nz, a / torch.where(nz, b, torch.ones_like(b)), torch.zeros_like(a))
 
 
+def _norms(T: Tensor, inner: Inner | None) -> Tensor:
+    """Per-column 2-norms, with ``inner`` when the block is sharded."""
+    if inner is None:
+        return torch.linalg.vector_norm(T, dim=0)
+    return inner(T, T).clamp_min(0).sqrt()
+
+
+def _dots(A: Tensor, B: Tensor, inner: Inner | None) -> Tensor:
+    """Per-column inner products, with ``inner`` when the blocks are sharded."""
+    return (A * B).sum(0) if inner is None else inner(A, B)
+
+
+def _sharded_iters(max_iters: int | None, inner: Inner | None) -> None:
+    if inner is not None and max_iters is None:
+        raise InputError("max_iters must be given with inner= (a shard does not know N)")
+
+
 def _out(X: Tensor, was_vector: bool) -> Tensor:
     return X.squeeze(1) if was_vector else X
 
@@ -120,15 +143,20 @@ def cg(
     max_iters: int | None = None,
     preconditioner: Operator | None = None,
     atol: float = 0.0,
+    inner: Inner | None = None,
 ) -> tuple[Tensor, KrylovInfo]:
     """Solve A X = B for SPD A (or PSD A with consistent B) by preconditioned CG, per column.
 
     Column j stops when ‖b_j − A x_j‖ ≤ max(tol·‖b_j‖, atol) (recurrence residual).
     ``preconditioner`` applies M ≈ A⁻¹ (SPD).  ``max_iters`` defaults to 10·N.  Raises
     InputError on negative curvature pᵀAp < 0 (the operator is not PSD).
+    ``inner`` computes the per-column inner products when the rows of B (and of every
+    vector of the recurrence) are split over processes: each process passes its rows and
+    ``inner`` sums over them, so every process takes the same decisions.
     """
     _check_settings(tol, max_iters)
-    Bb, was_vector = _rhs_block(B)
+    _sharded_iters(max_iters, inner)
+    Bb, was_vector = _rhs_block(B, sharded=inner is not None)
     N, k = Bb.shape
     A = _Counted(matvec, "matvec", N)
     M = _Counted(preconditioner, "preconditioner", N) if preconditioner is not None else None
@@ -142,22 +170,22 @@ def cg(
             raise InputError("x0 must have the dtype and device of B")
         X = (x0.unsqueeze(1) if was_vector else x0).clone()
         R = Bb - A(X)
-    b_norm = torch.linalg.vector_norm(Bb, dim=0)
+    b_norm = _norms(Bb, inner)
     threshold = torch.clamp(tol * b_norm, min=atol)
-    rnorm = torch.linalg.vector_norm(R, dim=0)
+    rnorm = _norms(R, inner)
     active = rnorm > threshold
     col_iters = torch.zeros(k, dtype=torch.int64, device=Bb.device)
     history: list[float] = []
     Z = M(R) if M is not None else R
     Pdir = Z.clone()
-    rz = (R * Z).sum(0)
+    rz = _dots(R, Z, inner)
     it = 0
     eps = torch.finfo(Bb.dtype).eps
     while bool(active.any()) and it < max_iters:
         it += 1
         AP = A(Pdir)
-        pAp = (Pdir * AP).sum(0)
-        scale = torch.linalg.vector_norm(Pdir, dim=0) * torch.linalg.vector_norm(AP, dim=0)
+        pAp = _dots(Pdir, AP, inner)
+        scale = _norms(Pdir, inner) * _norms(AP, inner)
         if bool((active & (pAp < -(eps**0.5) * scale)).any()):
             raise InputError(
                 "cg needs a symmetric positive (semi)definite operator: found pᵀAp < 0"
@@ -166,14 +194,14 @@ def cg(
         alpha = torch.where(moving, _safe_div(rz, pAp), torch.zeros_like(rz))
         X = X + alpha * Pdir
         R = R - alpha * AP
-        rnorm = torch.where(active, torch.linalg.vector_norm(R, dim=0), rnorm)
+        rnorm = torch.where(active, _norms(R, inner), rnorm)
         col_iters = torch.where(active, torch.full_like(col_iters, it), col_iters)
         active = moving & (rnorm > threshold)
         history.append(float(_safe_div(rnorm, b_norm).max()) if k else 0.0)
         if not bool(active.any()):
             break
         Z = M(R) if M is not None else R
-        rz_new = (R * Z).sum(0)
+        rz_new = _dots(R, Z, inner)
         beta = torch.where(active, _safe_div(rz_new, rz), torch.zeros_like(rz))
         Pdir = Z + beta * Pdir
         rz = rz_new
@@ -285,6 +313,7 @@ def lsqr(
     damp: float = 0.0,
     atol: float | None = None,
     least_squares_stop: bool = True,
+    inner: Inner | None = None,
 ) -> tuple[Tensor, KrylovInfo]:
     """Solve min_x ‖A x − b‖² + damp²‖x‖² per column by LSQR (Golub–Kahan bidiagonalisation).
 
@@ -295,19 +324,23 @@ def lsqr(
     ``least_squares_stop``, ‖Aᵀr‖ ≤ tol·‖A‖·‖r‖ (least squares), ‖A‖ being the running
     Frobenius estimate.  For a consistent system where the residual itself must reach
     ‖r‖ ≤ tol·‖b‖, pass ``atol=0, least_squares_stop=False``.
-    ``max_iters`` defaults to max(2·min(N, P), 20).
+    ``max_iters`` defaults to max(2·min(N, P), 20).  ``inner`` computes per-column inner
+    products of data-space (N-side) blocks when their rows are split over processes: each
+    process passes its rows of b, ``A_matvec`` returns its rows, ``AT_matvec`` sums over
+    processes, and the parameter-space (P-side) vectors are replicated.
     """
     _check_settings(tol, max_iters)
+    _sharded_iters(max_iters, inner)
     if not damp >= 0:
         raise InputError(f"damp must be non-negative, got {damp}")
-    Bb, was_vector = _rhs_block(B)
+    Bb, was_vector = _rhs_block(B, sharded=inner is not None)
     N, k = Bb.shape
     A = _Counted(A_matvec, "A_matvec", N)
     AT = _Counted(AT_matvec, "AT_matvec", None)
     zeros = torch.zeros(k, dtype=Bb.dtype, device=Bb.device)
     one = torch.ones_like(zeros)
 
-    bnorm = torch.linalg.vector_norm(Bb, dim=0)
+    bnorm = _norms(Bb, inner)
     beta = bnorm
     U = Bb * _safe_div(one, beta)
     V = AT(U)
@@ -326,7 +359,7 @@ def lsqr(
     while bool(active.any()) and it < max_iters:
         it += 1
         U = A(V) - alpha * U
-        beta = torch.linalg.vector_norm(U, dim=0)
+        beta = _norms(U, inner)
         U = U * _safe_div(one, beta)
         anorm2 = anorm2 + alpha**2 + beta**2 + damp**2
         V = AT(U) - beta * V

@@ -15,12 +15,18 @@ J 𝒫V = J V − K U. Two solvers of K U = J V:
 
 Either way the residual ‖J𝒫v‖/‖Jv‖ is measured afresh with the Jacobian at the end.
 
-Under torch.distributed the Jacobian's data-space vectors are replicated in the global row
-order (see :class:`DataJacobian`), so both solvers run the one-process iterations on every
-rank. ``jacobian_factors`` computes the factors of this rank's batches and all-gathers them
-(every rank then holds the factors of all N examples, N·``factor_bytes_per_example``
-bytes, and builds the same dense K, rows² numbers, redundantly); the Nyström columns
-K[:, S] are computed for this rank's rows and all-gathered (rows × ℓ numbers).
+Under torch.distributed (see :class:`DataJacobian`):
+
+* ``nystrom`` keeps every data-space vector sharded: each rank holds its own rows of the
+  residuals, of CG's vectors, of the kernel columns K[:, S] and of the preconditioner's
+  eigenvectors (found by a TSQR of the sharded columns). An iteration all-reduces one
+  P·k block (the VJP pass), one ℓ×k block (the preconditioner) and k-number sums: the
+  communication per pass does not depend on N.
+* ``gram`` is for data sets whose dense K fits on one machine: ``jacobian_factors``
+  computes the factors of this rank's batches and all-gathers them (every rank then holds
+  the factors of all N examples, N·``factor_bytes_per_example`` bytes, and builds the same
+  dense K, rows² numbers, redundantly), and its refinement steps use replicated
+  data-space vectors (N·O·k numbers gathered per pass).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from tacitbayes.batches import Inputs, map_inputs, slice_inputs
 from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
+from tacitbayes.distributed import all_gather_cat, all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.linalg import cg
 from tacitbayes.posteriors.null_space import ProjectionInfo
@@ -212,19 +219,44 @@ def gram_projection(
     return PV, info
 
 
-class NystromPreconditioner:
-    """M⁻¹ ≈ K⁻¹ from a rank-ℓ Nyström approximation K ≈ C W⁺ Cᵀ (C = K[:, S], W = K[S, S])."""
+def _left_singular(B: Tensor, sharded: bool) -> tuple[Tensor, Tensor]:
+    """(U, s) of the thin SVD B = U S Vᵀ of a tall matrix whose rows may be split over ranks.
 
-    def __init__(self, columns: Tensor, core: Tensor, rel_cutoff: float = 1e-8) -> None:
+    TSQR: B_r = Q_r R_r on every rank, the small R_r (at most ℓ×ℓ each) all-gathered and
+    factored once more, [R_1; …; R_W] = Q' R; then R = U_R S Vᵀ and rank r's rows of U are
+    Q_r Q'_r U_R. With one process this is the SVD of B computed through its QR factor.
+    """
+    Q1, R1 = torch.linalg.qr(B)
+    stacked, offset = R1, 0
+    if sharded:
+        stacked = all_gather_cat(R1)
+        counts = all_gather_cat(torch.tensor([R1.shape[0]], dtype=torch.long, device=B.device))
+        offset = int(counts[: dist.get_rank()].sum())
+    Q2, R2 = torch.linalg.qr(stacked)
+    U_R, s, _ = torch.linalg.svd(R2, full_matrices=False)
+    return Q1 @ (Q2[offset : offset + R1.shape[0]] @ U_R), s
+
+
+class NystromPreconditioner:
+    """M⁻¹ ≈ K⁻¹ from a rank-ℓ Nyström approximation K ≈ C W⁺ Cᵀ (C = K[:, S], W = K[S, S]).
+
+    With ``sharded=True`` (under torch.distributed) ``columns`` holds this rank's rows of C,
+    the eigenvectors are kept sharded the same way, and every application all-reduces one
+    ℓ×k block: nothing of size N is communicated.
+    """
+
+    def __init__(
+        self, columns: Tensor, core: Tensor, rel_cutoff: float = 1e-8, sharded: bool = False
+    ) -> None:
         columns, core = columns.to(torch.float64), core.to(torch.float64)
         shifted = core.clone()
         shifted.diagonal().add_(JITTER * float(core.diagonal().mean().clamp_min(1e-300)))
         chol = torch.linalg.cholesky(shifted)
         B = torch.linalg.solve_triangular(chol, columns.T, upper=False).T  # C L⁻ᵀ
-        U, s, _ = torch.linalg.svd(B, full_matrices=False)
+        U, s = _left_singular(B, sharded)
         values = s.square()
         keep = values > rel_cutoff * values[0]
-        self.vectors, self.values = U[:, keep], values[keep]
+        self.vectors, self.values, self.sharded = U[:, keep], values[keep], sharded
 
     @property
     def rank(self) -> int:
@@ -235,6 +267,8 @@ class NystromPreconditioner:
         """λ_ℓ U Λ⁻¹ Uᵀ R + (R − U Uᵀ R)."""
         R64 = R.to(torch.float64)
         coef = self.vectors.T @ R64
+        if self.sharded:
+            all_reduce_(coef)
         scale = (self.values[-1] / self.values)[:, None]
         return (R64 + self.vectors @ ((scale - 1.0) * coef)).to(R.dtype)
 
@@ -246,13 +280,13 @@ def nystrom_preconditioner(
     n_examples = max(1, min(jac.n_data, math.ceil(rank / jac.n_outputs)))
     chosen = torch.randperm(jac.n_data, generator=generator)[:n_examples].sort().values
     subset = jacobian_factors(jac, chosen)
-    # stream the loader: only the subset's factors stay in memory; this rank's rows, gathered
+    # stream the loader: only the subset's factors stay in memory; this rank's rows of C
     blocks = [ntk_cross([factors], subset) for factors in iter_factors(jac)]
     width = sum(f.n * f.n_outputs for f in subset)
     empty = torch.zeros(0, width, dtype=torch.float64, device=jac.device)
-    C = jac.gather_rows(torch.cat(blocks) if blocks else empty)
+    C = torch.cat(blocks) if blocks else empty
     core = ntk_cross(subset, subset)
-    return NystromPreconditioner(C, core)
+    return NystromPreconditioner(C, core, sharded=jac.distributed)
 
 
 def nystrom_projection(
@@ -263,17 +297,21 @@ def nystrom_projection(
     max_iters: int = 300,
     progress: bool = False,
 ) -> tuple[Tensor, ProjectionInfo]:
-    """𝒫V = V − Jᵀ U, K U = J V by CG on the matrix-free K = J Jᵀ, preconditioned."""
+    """𝒫V = V − Jᵀ U, K U = J V by CG on the matrix-free K = J Jᵀ, preconditioned.
+
+    Under torch.distributed U, the residuals and CG's vectors stay sharded (this rank's
+    rows of the data space); an iteration all-reduces one P·k block and k-number sums.
+    """
     start = time.perf_counter()
     bar = tqdm(total=max_iters, desc="null-space CG", disable=not progress or None, leave=False)
 
     def kernel_product(W: Tensor) -> Tensor:
         bar.update(1)
-        return jac @ (jac.T @ W)
+        return jac.local_matmat(jac.local_rmatmat(W))
 
     info = ProjectionInfo(solver="nystrom")
-    B = jac @ V
-    b_norm = torch.linalg.vector_norm(B, dim=0)
+    B = jac.local_matmat(V)
+    b_norm = jac.row_norms(B)
     PV, R = V.clone(), B
     passes, iterations, history = 0.5, 0, []
     inner_tol = 0.5 * tol
@@ -286,14 +324,15 @@ def nystrom_projection(
             tol=inner_tol,
             max_iters=max(1, max_iters - iterations),
             preconditioner=preconditioner,
+            inner=jac.row_inner,
         )
-        scale = float(torch.linalg.vector_norm(R, dim=0).max() / b_norm.max().clamp_min(1e-300))
+        scale = float(jac.row_norms(R).max() / b_norm.max().clamp_min(1e-300))
         history += [h * scale for h in cg_info.relative_residual_history]
         iterations += cg_info.iterations
-        PV = PV - jac.T @ U
-        R = jac @ PV
+        PV = PV - jac.local_rmatmat(U)
+        R = jac.local_matmat(PV)
         passes += cg_info.operator_applications + 1.0
-        res = torch.linalg.vector_norm(R, dim=0) / b_norm.clamp_min(1e-300)
+        res = jac.row_norms(R) / b_norm.clamp_min(1e-300)
         res = torch.where(b_norm > 0, res, torch.zeros_like(res))
         worst = float(res.max())
         if worst <= tol or iterations >= max_iters or cg_info.iterations == 0:

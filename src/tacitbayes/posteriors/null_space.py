@@ -87,8 +87,8 @@ def batch_inverses(jac: DataJacobian, cutoff: float = 1e-6) -> list[BatchInverse
 
 def null_space_residual(jac: DataJacobian, V: Tensor, PV: Tensor) -> Tensor:
     """‖J 𝒫v‖ / ‖J v‖ for every column (0 where Jv = 0)."""
-    jv = torch.linalg.vector_norm(jac @ V, dim=0)
-    jpv = torch.linalg.vector_norm(jac @ PV, dim=0)
+    jv = jac.row_norms(jac.local_matmat(V))
+    jpv = jac.row_norms(jac.local_matmat(PV))
     return torch.where(jv > 0, jpv / jv.clamp_min(torch.finfo(jv.dtype).tiny), torch.zeros_like(jv))
 
 
@@ -140,17 +140,20 @@ def krylov_projection(
 
     LSQR from X₀ = 0 stays in row(J); its residual JV − JX = J𝒫V is the null-space
     residual, so the solver stops exactly when ‖J𝒫v‖ ≤ tol·‖Jv‖ for every column.
+    Under torch.distributed the data-space vectors stay sharded (each rank its own rows):
+    one P·k all-reduce per iteration and k-number reductions for the norms.
     """
     start = time.perf_counter()
-    B = jac @ V
+    B = jac.local_matmat(V)
     X, lsqr_info = lsqr(
-        lambda W: jac @ W,
-        lambda U: jac.T @ U,
+        jac.local_matmat,
+        jac.local_rmatmat,
         B,
         tol=tol,
         max_iters=max_iters,
         atol=0.0,
         least_squares_stop=False,
+        inner=jac.row_inner,
     )
     PV = V - X
     info = ProjectionInfo(

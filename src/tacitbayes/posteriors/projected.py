@@ -18,9 +18,10 @@ K = J Jᵀ and its Cholesky factor fit in ``memory_budget`` bytes, ``"nystrom"``
 otherwise; ``"krylov"`` (LSQR on J) and ``"alternating"`` (the paper's sweeps, which
 keep the batches in memory) are references. See :mod:`kernel_projection`.
 
-torch.distributed: give every rank the same loaders; each reads its shard, J V / Jᵀ U are
-all-gathered / all-reduced (:class:`DataJacobian`), so ``gram``, ``nystrom`` and ``krylov``
-run the one-process iterations on every rank and the samples are replicated.
+torch.distributed: give every rank the same loaders; each reads its shard (:class:`DataJacobian`).
+Parameter-space vectors (the samples) are replicated. ``nystrom`` and ``krylov`` keep
+data-space vectors sharded: a pass all-reduces one P·k block and a few k-number sums,
+whatever N. ``gram`` holds the dense K on every rank and gathers data-space vectors.
 """
 
 from __future__ import annotations
