@@ -16,6 +16,8 @@ from tacitbayes.cli import main
 from tacitbayes.data import write_idx
 
 SMALL = [
+    "--methods",
+    "map",
     "--n-train",
     "300",
     "--epochs",
@@ -77,6 +79,8 @@ def test_compare_digits_end_to_end(tmp_path: Path, capsys) -> None:
     assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.iterdir()) == [
         "map.pt",
+        "metrics.png",
+        "ood_histograms.png",
         "reliability.png",
         "report.md",
         "results.json",
@@ -86,7 +90,8 @@ def test_compare_digits_end_to_end(tmp_path: Path, capsys) -> None:
 
 def test_resume_and_checkpoint(tmp_path: Path, capsys) -> None:
     full, part = tmp_path / "full", tmp_path / "part"
-    base = ["compare", "--n-train", "300", "--width", "32", "--lr", "0.01", "--no-progress"]
+    base = ["compare", "--methods", "map", "--n-train", "300", "--width", "32", "--lr", "0.01"]
+    base.append("--no-progress")
     assert main([*base, "--epochs", "4", "--out", str(full)]) == 0
     assert main([*base, "--epochs", "2", "--out", str(part)]) == 0
     assert main([*base, "--epochs", "4", "--resume", "--out", str(part)]) == 0

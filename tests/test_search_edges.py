@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from tacitbayes import calibration as temperature_module  # where sampled_nll is looked up
 from tacitbayes.errors import InputError
 from tacitbayes.experiments import bound, continual
 from tacitbayes.experiments import method_laplace as _imported_before_patching  # noqa: F401
@@ -23,7 +24,6 @@ from tacitbayes.posteriors.projected import ProjectedPosterior
 from tacitbayes.priors.bounds import pac_bayes_bound
 from tacitbayes.search import EDGE_KEYS, check_grid_edge, edge_messages, edge_record
 from tacitbayes.variational import VariationalModel, fit_temperature
-from tacitbayes.variational import temperature as temperature_module
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

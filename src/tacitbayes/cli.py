@@ -2,8 +2,11 @@
 
 Bad input never shows a traceback: a one-line message on stderr and exit status 2.
 
+Parsing imports no torch: ``--help``, ``--version`` and usage errors answer at once; each
+sub-command's ``run`` imports what it needs. Every option's help shows its default.
+
 Under ``torchrun`` (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set) every rank runs the
-same command: the process group is joined here (gloo; nccl for a CUDA device) and
+same command: the process group is joined after parsing (gloo; nccl for a CUDA device) and
 destroyed at exit; rank 0 alone prints, shows progress bars and writes files (the
 writers in :mod:`tacitbayes.io` are gated), and the default output folder is rank 0's.
 """
@@ -12,20 +15,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 
-from tacitbayes import distributed as D
+from tacitbayes import __version__
 from tacitbayes.errors import TacitBayesError
-from tacitbayes.experiments.cli_types import OneLineErrorParser
+from tacitbayes.experiments.cli_types import HelpFormatter, OneLineErrorParser
 
-# Each module defines add_subparser(sub), which adds its command and sets `run`.
+# Each module defines add_subparser(sub), which adds its command and sets `run`; none of
+# them imports torch outside `run`.
 COMMANDS = (
     "tacitbayes.experiments.compare_cli",
-    "tacitbayes.experiments.linsys",
+    "tacitbayes.experiments.linsys_cli",
     "tacitbayes.experiments.eos_cli",
     "tacitbayes.experiments.bound_cli",
     "tacitbayes.experiments.continual_cli",
@@ -33,16 +38,17 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every sub-command."""
+    """The top-level parser with every sub-command (one formatter for all: defaults shown)."""
     parser = OneLineErrorParser(
         prog="tacitbayes",
         description="Bayesian deep learning that keeps what plain training gets right.",
+        formatter_class=HelpFormatter,
     )
-    from tacitbayes import __version__
-
     parser.add_argument("--version", action="version", version=f"tacitbayes {__version__}")
     sub = parser.add_subparsers(
-        dest="command", metavar="<command>", parser_class=OneLineErrorParser
+        dest="command",
+        metavar="<command>",
+        parser_class=functools.partial(OneLineErrorParser, formatter_class=HelpFormatter),
     )
     for module in COMMANDS:
         importlib.import_module(module).add_subparser(sub)
@@ -52,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _one_writer(args: argparse.Namespace) -> Iterator[None]:
     """Under a process group: rank 0's output folder everywhere; other ranks silent, no bars."""
+    from tacitbayes import distributed as D
+
     if not D.is_distributed():
         yield
         return
@@ -77,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from tacitbayes import distributed as D  # torch: only once a command runs
+
     try:
         with D.process_group_from_env(getattr(args, "device", "cpu")) as device:
             if hasattr(args, "device"):

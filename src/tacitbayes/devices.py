@@ -7,7 +7,6 @@ checks that this machine has it, so a run can refuse a missing GPU before it sta
 from __future__ import annotations
 
 import itertools
-import re
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from tacitbayes.batches import move_inputs
+from tacitbayes.device_names import DEVICE_NAMES, check_device_name
 from tacitbayes.errors import InputError
 
 __all__ = [
@@ -27,16 +27,11 @@ __all__ = [
     "to_cpu",
 ]
 
-DEVICE_NAMES = ("cpu", "cuda", "cuda:N", "mps")
-_NAME = re.compile(r"cpu|cuda(:\d+)?|mps")
-
 
 def parse_device(device: str | torch.device) -> torch.device:
     """The torch.device named ``device`` (cpu, cuda, cuda:N or mps); InputError for any other."""
     name = str(device) if isinstance(device, torch.device) else device
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InputError(f"unknown device {device!r}; available: {', '.join(DEVICE_NAMES)}")
-    return torch.device(name)
+    return torch.device(check_device_name(name, shown=device))
 
 
 def check_device(device: str | torch.device) -> torch.device:

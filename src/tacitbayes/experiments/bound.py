@@ -47,6 +47,12 @@ from tacitbayes.data import DATASETS, BatchLoader, load_dataset
 from tacitbayes.devices import check_device, dataset_to
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.bound_report import write_outputs
+from tacitbayes.experiments.checks import (
+    check_choice,
+    check_fraction,
+    check_positive_ints,
+    check_positive_numbers,
+)
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.models import build_model
 from tacitbayes.posteriors import Laplace
@@ -165,27 +171,14 @@ def _check(s: BoundSettings) -> None:
         raise InputError(f"source and target classes overlap: {sorted(set(src) & set(tgt))}")
     if len(src) != len(tgt):
         raise InputError("source and target tasks need the same number of classes (one network)")
-    if not 0 < s.delta < 1:
-        raise InputError(f"delta must lie in (0, 1), got {s.delta}")
-    if s.kind not in BOUND_KINDS:
-        raise InputError(f"unknown bound kind {s.kind!r}; choose one of {list(BOUND_KINDS)}")
-    for name in ("alphas", "taus", "lambdas", "betas"):
-        grid = getattr(s, name)
-        if name == "alphas" and grid is None:
-            continue  # α δ on the λ grid
-        if not grid or not all(0 < v < math.inf for v in grid):
-            raise InputError(f"{name} must be positive numbers, got {grid!r}")
-    for name in (
-        "width",
-        "depth",
-        "epochs",
-        "batch_size",
-        "mc_samples",
-        "selection_size",
-        "rounds",
-    ):
-        if not (isinstance(getattr(s, name), int) and getattr(s, name) >= 1):
-            raise InputError(f"{name} must be an integer ≥ 1, got {getattr(s, name)!r}")
+    check_fraction("delta", s.delta, closed_high=False)
+    check_choice("bound kind", s.kind, BOUND_KINDS)
+    check_positive_numbers(s, "taus", "lambdas", "betas")
+    if s.alphas is not None:  # None: α δ on the λ grid
+        check_positive_numbers(s, "alphas")
+    check_positive_ints(
+        s, "width", "depth", "epochs", "batch_size", "mc_samples", "selection_size", "rounds"
+    )
     if not (0 < s.lr < math.inf and s.weight_decay > 0):  # type: ignore[operator]
         raise InputError("lr and weight_decay must be positive (δ = N·wd is a prior precision)")
 

@@ -43,25 +43,37 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         "the target Laplace posterior (McAllester, Catoni, kl-inverse), against the isotropic "
         "priors N(0, λ⁻¹I) and N(w_src, λ⁻¹I).",
     )
-    p.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist or mnist")
-    p.add_argument("--model", default="mlp", help="mlp (default) or lenet")
+    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist or mnist")
+    p.add_argument("--model", default="mlp", help="mlp or lenet")
     p.add_argument("--width", type=positive_int, help="mlp width (digits 64, else 256)")
-    p.add_argument("--depth", type=positive_int, default=2, help="mlp hidden layers (2)")
-    p.add_argument("--activation", default="relu", help="activation (default relu)")
-    p.add_argument("--source-classes", type=_classes, default=(0, 1, 2, 3, 4), help="0,1,2,3,4")
-    p.add_argument("--target-classes", type=_classes, default=(5, 6, 7, 8, 9), help="5,6,7,8,9")
+    p.add_argument("--depth", type=positive_int, default=2, help="mlp hidden layers")
+    p.add_argument("--activation", default="relu", help="hidden-layer activation")
+    p.add_argument(
+        "--source-classes",
+        type=_classes,
+        default=(0, 1, 2, 3, 4),
+        help="classes of the source task",
+    )
+    p.add_argument(
+        "--target-classes",
+        type=_classes,
+        default=(5, 6, 7, 8, 9),
+        help="classes of the target task",
+    )
     p.add_argument(
         "--epochs", type=positive_int, help="epochs per MAP training (digits 40, else 6)"
     )
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
     p.add_argument("--lr", type=positive_float, help="Adam learning rate (digits 3e-3, else 1e-3)")
-    p.add_argument("--weight-decay", type=positive_float, default=1e-4)
-    p.add_argument("--delta", type=_probability, default=0.05, help="confidence 1 − δ (0.05)")
+    p.add_argument("--weight-decay", type=positive_float, default=1e-4, help="MAP weight decay")
+    p.add_argument(
+        "--delta", type=_probability, default=0.05, help="the bounds hold with probability 1 − δ"
+    )
     p.add_argument(
         "--kind",
         default="kl_inverse",
         choices=("kl_inverse", "mcallester", "catoni"),
-        help="bound that picks the hyper-parameters (default kl_inverse)",
+        help="bound that picks the hyper-parameters",
     )
     p.add_argument(
         "--mc-samples",

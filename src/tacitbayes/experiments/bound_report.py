@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tacitbayes.io import atomic_path, write_json, write_text
+from tacitbayes.experiments.reporting import footer, text_table
+from tacitbayes.experiments.reporting import write_outputs as write_files
+from tacitbayes.io import atomic_path
 from tacitbayes.search import edge_messages
 
 COLUMNS = (
@@ -36,12 +38,9 @@ def _hyper(row: dict[str, Any]) -> str:
 
 def format_table(results: dict[str, Any]) -> str:
     """One line per prior family: errors, KL and the three bounds."""
-    header = f"{'prior':<18}" + "".join(f"{title:>14}" for title, _, _ in COLUMNS) + "  chosen"
-    lines = [header, "-" * len(header)]
-    for name, row in results["priors"].items():
-        cells = "".join(f"{fmt.format(row[key]):>14}" for _, key, fmt in COLUMNS)
-        lines.append(f"{name:<18}{cells}  {_hyper(row)}")
-    return "\n".join(lines)
+    columns = [*COLUMNS, ("  chosen", "hyperparameters", "{}")]
+    rows = {n: {**r, "hyperparameters": _hyper(r)} for n, r in results["priors"].items()}
+    return text_table(rows, columns, first="prior", first_width=18, width=14)
 
 
 def bound_plot(results: dict[str, Any], path: str | Path) -> Path:
@@ -111,23 +110,12 @@ def _report(results: dict[str, Any]) -> str:
         f"Largest relative Frobenius error of the compressed posterior precision (learned prior): "
         f"{rows.get('learned', first)['compression_error_max']:.3g} (KL is exact for the Q used).",
         f"Run time: {results['seconds']:.0f} s.",
-        "",
-        "## Settings",
-        "",
-        "```",
-        *(f"{k}: {v}" for k, v in s.items()),
-        "```",
-        "",
-        "## Versions",
-        "",
-        *(f"- {k}: {v}" for k, v in results["versions"].items()),
-        "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + footer(s, results["versions"]))
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
     """bounds.png, report.md and results.json in ``out`` (each written atomically)."""
-    bound_plot(results, out / "bounds.png")
-    write_text(out / "report.md", _report(results))
-    write_json(out / "results.json", results)
+    write_files(
+        out, results, _report(results), [lambda folder: bound_plot(results, folder / "bounds.png")]
+    )

@@ -1,11 +1,16 @@
-"""Argument-parsing pieces shared by the sub-commands."""
+"""Argument-parsing pieces shared by the sub-commands.
+
+Nothing here imports torch (nor do the ``*_cli`` modules outside their ``run`` functions),
+so ``tacitbayes --help``, every ``tacitbayes <command> --help`` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 from typing import Any, NoReturn
 
-from tacitbayes.devices import parse_device
+from tacitbayes.device_names import check_device_name
 from tacitbayes.errors import InputError
 
 
@@ -14,6 +19,38 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; indented description/epilog lines stay as written.
+
+    A default of None (the value depends on other settings, which the help text says) or
+    False (a flag) is not printed; a tuple is printed as it is typed, ``1,4``. In a
+    description or epilog, a paragraph (blank-line separated) with an indented line is kept
+    line by line (RawDescriptionHelpFormatter's way, for tables); the others are wrapped.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for block in text.strip("\n").split("\n\n"):
+            lines = block.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(paragraphs)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        if isinstance(action.default, (tuple, list)):
+            shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in action.default)
+            action = copy.copy(action)
+            action.default = shown
+        return super()._expand_help(action)
 
 
 def positive_int(text: str) -> int:
@@ -62,7 +99,7 @@ def positive_ints(text: str) -> tuple[int, ...]:
 def device_name(text: str) -> str:
     """argparse type: a device name, cpu, cuda, cuda:N or mps (whether it exists is checked later)."""
     try:
-        return str(parse_device(text))
+        return check_device_name(text)
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -72,21 +109,20 @@ def add_device_option(
 ) -> None:
     """The --device option (default cpu); a device this machine lacks fails before the run starts."""
     p.add_argument(
-        "--device",
-        type=device_name,
-        default="cpu",
-        help=f"cpu (default), cuda, cuda:N or mps; {what}",
+        "--device", type=device_name, default="cpu", help=f"cpu, cuda, cuda:N or mps; {what}"
     )
 
 
 def add_run_options(p: argparse.ArgumentParser, command: str, quick: bool = True) -> None:
     """The options every experiment shares: --seed, --threads, --device, [--quick], --data-dir, --out, --no-progress."""
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data splits, initialization, samples"
+    )
     p.add_argument(
         "--threads",
         type=positive_int,
         default=1,
-        help="torch CPU threads (default 1: fastest for these small models on a busy CPU)",
+        help="torch CPU threads (1 is fastest for these small models on a busy CPU)",
     )
     add_device_option(p)
     if quick:

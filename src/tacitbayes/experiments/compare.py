@@ -1,6 +1,11 @@
-"""``tacitbayes compare``: train MAP once, fit each method, evaluate all, write the report."""
+"""``tacitbayes compare``: train MAP once, fit each method, evaluate all, write the report.
+
+``format_table`` and ``search_notes`` (re-exported) live in :mod:`compare_report`.
+"""
 
 from __future__ import annotations
+
+__all__ = ["CompareSettings", "format_table", "run_compare", "search_notes"]
 
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,21 +15,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tacitbayes import plots
 from tacitbayes.data import DataBundle, load_dataset
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
+from tacitbayes.experiments.compare_report import format_table, search_notes, write_outputs
 from tacitbayes.experiments.evaluate import evaluate_predictor
-from tacitbayes.experiments.methods import FitContext, get_method
+from tacitbayes.experiments.methods import FitContext, available_methods, get_method
 from tacitbayes.experiments.runtime import torch_threads, versions
-from tacitbayes.experiments.verdicts import map_distance, verdict
-from tacitbayes.io import write_json, write_text
+from tacitbayes.experiments.verdicts import map_distance
 from tacitbayes.models import build_model
-from tacitbayes.search import edge_messages
 from tacitbayes.training import TrainConfig, train_map
 
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 10, "mnist": 10}
-TABLE_COLUMNS = ("accuracy", "nll", "ece", "brier", "ood_auroc", "shift_accuracy", "fit_seconds")
 
 
 @dataclass
@@ -33,7 +35,7 @@ class CompareSettings:
 
     dataset: str = "digits"
     model: str = "mlp"
-    methods: tuple[str, ...] = ("map",)
+    methods: tuple[str, ...] = ("all",)  # "all": every registered method
     epochs: int | None = None
     batch_size: int = 128
     optimizer: str = "adam"
@@ -85,9 +87,15 @@ def _prepare(
 
     The data and the model (initialised, or loaded, on the CPU) are returned on ``device``.
     """
-    factories = [(name, get_method(name)) for name in settings.methods]
-    if not factories:
+    names = list(settings.methods)
+    if not names:
         raise InputError("no methods given")
+    if "all" in names:
+        for name in names:  # an unknown name beside "all" is still an error
+            if name != "all":
+                get_method(name)
+        names = available_methods()
+    factories = [(name, get_method(name)) for name in dict.fromkeys(names)]
     config = settings.train_config()
     config.validate()
     if settings.n_samples < 1:
@@ -104,81 +112,6 @@ def _prepare(
     if settings.checkpoint is not None:
         _load_weights(model, settings.checkpoint)
     return data.to(device), model.to(device), config, factories
-
-
-def _report(results: dict[str, Any], settings: CompareSettings) -> str:
-    lines = [
-        f"# tacitbayes compare: {results['dataset']} / {results['model']}",
-        "",
-        f"{results['n_params']:,} parameters; OOD set: {results['ood_dataset']}; "
-        f"shift: test set rotated by {', '.join(results['shift_angles'])} degrees (mean accuracy).",
-        "",
-        "| method | " + " | ".join(TABLE_COLUMNS) + " |",
-        "|---" * (len(TABLE_COLUMNS) + 1) + "|",
-    ]
-    for name, row in results["methods"].items():
-        cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) else "-" for c in TABLE_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    scored = [n for n, r in results["methods"].items() if "ood_auroc_variance" in r]
-    if scored:
-        lines += [
-            "",
-            "OOD AUROC by score (max-probability, entropy, mutual information, logit variance):",
-            "",
-            "| method | max-prob | entropy | MI | variance |",
-            "|---|---|---|---|---|",
-        ]
-        for name, row in results["methods"].items():
-            keys = ("ood_auroc", "ood_auroc_entropy", "ood_auroc_mi", "ood_auroc_variance")
-            cells = [f"{row[k]:.4f}" if isinstance(row.get(k), float) else "-" for k in keys]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    notes = search_notes(results)
-    if notes:
-        lines += ["", "## Hyper-parameter searches", "", *notes]
-    if "map" in results["methods"]:
-        lines += ["", "## Verdicts", ""]
-        map_row = results["methods"]["map"]
-        for name, row in results["methods"].items():
-            if name != "map":
-                lines.append(f"- **{name}**: {verdict(row, map_row)}")
-    lines += [
-        "",
-        "## Settings",
-        "",
-        "```",
-        *(f"{k}: {v}" for k, v in asdict(settings).items()),
-        "```",
-    ]
-    lines += ["", "## Versions", "", *(f"- {k}: {v}" for k, v in results["versions"].items()), ""]
-    return "\n".join(lines)
-
-
-def search_notes(results: dict[str, Any]) -> list[str]:
-    """One line per method that searched a hyper-parameter: which searches stopped at an edge."""
-    lines = []
-    for name, row in results["methods"].items():
-        searches = row.get("searches") or {}
-        if not searches:
-            continue
-        edges = {key: edge_messages({key: r}) for key, r in searches.items()}
-        if any(edges.values()):
-            lines += [f"- {name} ({k}): WARNING {m}." for k, ms in edges.items() for m in ms]
-        else:
-            lines.append(f"- {name}: {', '.join(searches)} ended inside the search range.")
-    return lines
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The results as a fixed-width text table for the terminal."""
-    header = f"{'method':<20}" + "".join(f"{c:>16}" for c in TABLE_COLUMNS)
-    rows = [header, "-" * len(header)]
-    for name, row in results["methods"].items():
-        cells = "".join(
-            f"{row[c]:>16.4f}" if isinstance(row.get(c), float) else f"{'-':>16}"
-            for c in TABLE_COLUMNS
-        )
-        rows.append(f"{name:<20}{cells}")
-    return "\n".join(rows)
 
 
 def run_compare(settings: CompareSettings) -> dict[str, Any]:
@@ -223,7 +156,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         device=device,
     )
     methods: dict[str, dict[str, Any]] = {}
-    test_probs = {}
+    arrays: dict[str, dict[str, torch.Tensor]] = {}
     for name, factory in tqdm(
         factories, desc="methods", disable=not settings.progress or None, leave=False
     ):
@@ -231,7 +164,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         start = time.perf_counter()
         predictor = factory(ctx)
         fit_seconds = time.perf_counter() - start
-        row, test_probs[name] = evaluate_predictor(predictor, data)
+        row, arrays[name] = evaluate_predictor(predictor, data)
         row["fit_seconds"] = train_seconds if name == "map" else fit_seconds
         row.update(predictor.info)
         if name == "map" and step_seconds > 0:
@@ -240,9 +173,9 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
             # vs MAP's optimisation steps (its per-epoch validation and checkpoints excluded)
             row["train_time_ratio"] = row["train_seconds"] / step_seconds
         methods[name] = row
-    if "map" in test_probs:
+    if "map" in arrays:
         for name, row in methods.items():
-            row["map_distance"] = map_distance(test_probs[name], test_probs["map"])
+            row["map_distance"] = map_distance(arrays[name]["test"], arrays["map"]["test"])
     results = {
         "dataset": data.name,
         "model": settings.model,
@@ -258,23 +191,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "versions": versions(),
     }
-    y_test = data.test.tensors[1].cpu()
-    plots.reliability_diagram(
-        {name: (p, y_test) for name, p in test_probs.items()},
-        out / "reliability.png",
-        title=f"{data.name} / {settings.model}: reliability",
-    )
-    plots.line_plot(
-        {
-            name: ([float(a) for a in row["shift"]], [s["accuracy"] for s in row["shift"].values()])
-            for name, row in methods.items()
-        },
-        out / "shift.png",
-        xlabel="rotation (degrees)",
-        ylabel="test accuracy",
-        title=f"{data.name} / {settings.model}: rotation shift",
-    )
-    write_text(out / "report.md", _report(results, settings))
-    write_json(out / "results.json", results)
+    arrays["labels"] = {"test": data.test.tensors[1].cpu()}
+    write_outputs(results, asdict(settings), arrays, out)
     results["out"] = str(out)
     return results

@@ -1,35 +1,37 @@
-"""Command-line wiring of `tacitbayes compare`."""
+"""Command-line wiring of `tacitbayes compare` (torch is imported by the run only)."""
 
 from __future__ import annotations
 
 import argparse
 
+from tacitbayes.experiments.catalog import methods_epilog
 from tacitbayes.experiments.cli_types import add_device_option, positive_int
 
 
 def add_subparser(sub: argparse._SubParsersAction) -> None:
     """Add the `compare` command to the sub-command parsers."""
-    from tacitbayes.experiments.methods import available_methods
-
     p = sub.add_parser(
         "compare",
         help="train MAP, fit each method, evaluate in distribution, under shift and OOD",
         description="Train a MAP network (or load --checkpoint), fit each method on it, and "
         "evaluate accuracy, NLL, ECE, Brier, rotation shift and OOD AUROC.",
+        epilog=methods_epilog(),
     )
-    p.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist or mnist")
-    p.add_argument("--model", default="mlp", help="mlp (default), lenet, resnet or vit")
+    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist or mnist")
+    p.add_argument("--model", default="mlp", help="mlp, lenet, resnet or vit")
     p.add_argument(
         "--methods",
-        default="map",
-        help=f"comma-separated; available: {', '.join(available_methods())}",
+        default="all",
+        help="comma-separated method names (listed below), or all: every method",
     )
     p.add_argument("--epochs", type=positive_int, help="MAP training epochs (digits: 30, else 10)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="MAP training batch size")
+    p.add_argument("--optimizer", default="adam", help="adam or sgd")
+    p.add_argument("--lr", type=float, default=1e-3, help="MAP learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="MAP weight decay")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data splits, initialization, samples"
+    )
     p.add_argument(
         "--n-samples", type=positive_int, default=32, help="posterior samples per prediction"
     )
@@ -57,6 +59,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         run_compare,
         search_notes,
     )
+    from tacitbayes.experiments.compare_report import PLOTS
 
     options = {
         k: getattr(args, k)
@@ -90,5 +93,5 @@ def _run_compare(args: argparse.Namespace) -> int:
     print(format_table(results))
     for line in search_notes(results):
         print(line)
-    print(f"wrote {results['out']}/results.json, report.md, reliability.png, shift.png")
+    print(f"wrote {results['out']}/results.json, report.md, {', '.join(PLOTS)}")
     return 0

@@ -26,7 +26,6 @@ seen task i); backward transfer (1/(T−1)) Σ_{i<T−1} (R[i][T−1] − R[i][i
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from tacitbayes.data import Task, load_dataset, rotated_tasks, split_tasks
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
+from tacitbayes.experiments.checks import check_choice, check_positive_ints, check_positive_numbers
 from tacitbayes.experiments.continual_report import write_outputs
 from tacitbayes.experiments.continual_sequence import DIAGONAL_CURVATURES, METHODS, run_sequence
 from tacitbayes.experiments.runtime import torch_threads, versions
@@ -95,15 +95,15 @@ class ContinualSettings:
 
     def resolved(self) -> ContinualSettings:
         """A copy with every default filled in and every value checked (InputError otherwise)."""
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("sequence", self.sequence, SEQUENCES)
-        _choice("scenario", self.scenario, SCENARIOS)
-        _choice("model", self.model, MODELS)
-        _choice("diagonal curvature", self.diagonal_curvature, DIAGONAL_CURVATURES)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("sequence", self.sequence, SEQUENCES)
+        check_choice("scenario", self.scenario, SCENARIOS)
+        check_choice("model", self.model, MODELS)
+        check_choice("diagonal curvature", self.diagonal_curvature, DIAGONAL_CURVATURES)
         if not self.methods:
             raise InputError(f"give at least one method; available: {', '.join(METHODS)}")
         for m in self.methods:
-            _choice("method", m, METHODS)
+            check_choice("method", m, METHODS)
         if len(set(self.methods)) != len(self.methods):
             raise InputError(f"methods must be distinct, got {list(self.methods)}")
         if self.sequence == "split" and self.angles is not None:
@@ -119,23 +119,9 @@ class ContinualSettings:
             s.groups = self.groups if self.groups is not None else SPLIT_GROUPS
         else:
             s.angles = self.angles if self.angles is not None else ANGLES
-        for name in ("width", "depth", "epochs", "batch_size"):
-            value = getattr(s, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be an integer ≥ 1, got {value!r}")
-        for name, value in (
-            ("lr", s.lr),
-            ("delta", s.delta),
-            *(("strength", v) for v in s.strengths),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InputError(f"{name} must be a number, got {value!r}")
-            if not 0 < value < math.inf:
-                raise InputError(f"{name} must be a finite number > 0, got {value!r}")
-        if not s.strengths:
-            raise InputError("strengths (the prior-strength grid) must hold at least one value")
-        if s.threads is not None and (not isinstance(s.threads, int) or s.threads < 1):
-            raise InputError(f"threads must be an integer ≥ 1, got {s.threads!r}")
+        check_positive_ints(s, "width", "depth", "epochs", "batch_size")
+        check_positive_numbers(s, "lr", "delta", "strengths")
+        check_positive_ints(s, "threads", optional=True)
         check_device(s.device)
         return s
 
@@ -150,11 +136,6 @@ class ContinualSettings:
             seed=self.seed,
             progress=self.progress,
         )
-
-
-def _choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise InputError(f"unknown {what} {value!r}; available: {', '.join(allowed)}")
 
 
 def average_accuracy(matrix: list[list[float]]) -> float:

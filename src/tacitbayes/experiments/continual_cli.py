@@ -46,45 +46,45 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         "plain fine-tuning. Reports the accuracy matrix, average accuracy, forgetting and "
         "backward transfer.",
     )
-    p.add_argument("--dataset", default="digits", help="digits (default) or fashion-mnist")
-    p.add_argument("--sequence", default="split", help="split (default) or rotated")
+    p.add_argument("--dataset", default="digits", help="digits or fashion-mnist")
+    p.add_argument("--sequence", default="split", help="split or rotated")
     p.add_argument(
         "--scenario",
         default="task",
-        help="task (default: task-incremental, logits masked to the task's classes) or class "
+        help="task (task-incremental, logits masked to the task's classes) or class "
         "(class-incremental: one softmax over all outputs)",
     )
     p.add_argument("--model", default="mlp", help="mlp (the only model for now)")
     p.add_argument("--width", type=positive_int, help="hidden width (digits 128, fashion 256)")
-    p.add_argument("--depth", type=positive_int, default=2, help="hidden layers (default 2)")
-    p.add_argument("--activation", default="relu", help="activation (default relu)")
+    p.add_argument("--depth", type=positive_int, default=2, help="hidden layers")
+    p.add_argument("--activation", default="relu", help="hidden-layer activation")
     p.add_argument(
         "--methods",
         type=comma_list,
         default=("finetune", "diagonal", "kronecker"),
-        help="comma-separated: finetune, diagonal, kronecker (default all)",
+        help="comma-separated: finetune, diagonal, kronecker",
     )
     p.add_argument("--groups", type=_groups, help="split classes, e.g. '0,1;2,3' (default 5×2)")
     p.add_argument("--angles", type=_floats, help="rotated: angles in degrees (0,30,60,90,120)")
     p.add_argument("--epochs", type=positive_int, help="epochs per task (digits 20, fashion 3)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (digits 32, fashion 128)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (1e-3)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument(
         "--strengths",
         type=positive_floats,
         default=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6),
-        help="grid of prior strengths β, chosen on validation (default 1,10,…,1e6)",
+        help="grid of prior strengths β, chosen on validation",
     )
     p.add_argument(
         "--delta",
         type=positive_float,
         default=1.0,
-        help="isotropic prior precision δ of every method (weight decay δ/N_t; default 1)",
+        help="isotropic prior precision δ of every method (weight decay δ/N_t)",
     )
     p.add_argument(
         "--diagonal-curvature",
         default="exact",
-        help="exact (GGN diagonal, default) or kfac (diagonal of KFAC) for the diagonal prior",
+        help="exact (GGN diagonal) or kfac (diagonal of KFAC) for the diagonal prior",
     )
     p.add_argument("--n-train", type=positive_int, help="training subset before the split")
     add_run_options(p, "continual", quick=False)

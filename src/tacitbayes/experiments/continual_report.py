@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from tacitbayes import plots
-from tacitbayes.io import write_json, write_text
+from tacitbayes.experiments.reporting import cell, footer, text_table
+from tacitbayes.experiments.reporting import write_outputs as write_files
 from tacitbayes.search import edge_messages
 
 COLUMNS = (
@@ -23,17 +24,9 @@ SCENARIO_TEXT = {
 }
 
 
-def _cell(value: Any, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
-
-
 def format_table(results: dict[str, Any]) -> str:
     """One row per method: chosen β, average accuracy, forgetting, BWT, validation accuracy, time."""
-    header = f"{'method':<12}" + "".join(f"{title:>12}" for title, _, _ in COLUMNS)
-    lines = [header, "-" * len(header)]
-    for name, row in results["methods"].items():
-        lines.append(f"{name:<12}" + "".join(f"{_cell(row[k], f):>12}" for _, k, f in COLUMNS))
-    return "\n".join(lines)
+    return text_table(results["methods"], COLUMNS, first_width=12, width=12)
 
 
 def _matrix_md(matrix: list[list[float]], names: list[str]) -> list[str]:
@@ -79,7 +72,7 @@ def _report(results: dict[str, Any]) -> str:
         "|---" * (len(COLUMNS) + 2) + "|",
     ]
     for name, row in results["methods"].items():
-        cells = " | ".join(_cell(row[k], f) for _, k, f in COLUMNS)
+        cells = " | ".join(cell(row[k], f) for _, k, f in COLUMNS)
         lines.append(f"| {name} | {cells} | {row['curvature'] or '-'} |")
     for name, row in results["methods"].items():
         lines += ["", f"## {name}", ""]
@@ -101,12 +94,10 @@ def _report(results: dict[str, Any]) -> str:
             for g in row["grid"]:
                 lines.append(
                     f"| {g['strength']:g} | {g['val_average_accuracy']:.4f} | "
-                    f"{g['average_accuracy']:.4f} | {_cell(g['forgetting'], '{:.4f}')} | "
-                    f"{_cell(g['backward_transfer'], '{:+.4f}')} |"
+                    f"{g['average_accuracy']:.4f} | {cell(g['forgetting'], '{:.4f}')} | "
+                    f"{cell(g['backward_transfer'], '{:+.4f}')} |"
                 )
-    lines += ["", "## Settings", "", "```", *(f"{k}: {v}" for k, v in s.items()), "```"]
-    lines += ["", "## Versions", "", *(f"- {k}: {v}" for k, v in results["versions"].items()), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + footer(s, results["versions"]))
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
@@ -131,5 +122,4 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         ylabel="mean test accuracy on the tasks seen",
         title=f"{results['sequence']} {results['dataset']}, {results['scenario']}-incremental",
     )
-    write_text(out / "report.md", _report(results))
-    write_json(out / "results.json", results)
+    write_files(out, results, _report(results))

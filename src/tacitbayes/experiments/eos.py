@@ -39,6 +39,11 @@ from tacitbayes.dynamics import (
     z_reference,
 )
 from tacitbayes.errors import InputError
+from tacitbayes.experiments.checks import (
+    check_fraction,
+    check_positive_ints,
+    check_positive_numbers,
+)
 from tacitbayes.experiments.eos_report import write_outputs
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.likelihoods import mean_loss
@@ -110,20 +115,14 @@ class EosSettings:
 
 
 def _check(s: EosSettings) -> None:
-    for name in ("lr", "ivon_lr", "ivon_hess_init"):
-        value = getattr(s, name)
-        if not (isinstance(value, (int, float)) and 0 < value < math.inf):
-            raise InputError(f"{name} must be a positive number, got {value!r}")
-    if not all(isinstance(v, (int, float)) and 0 < v < math.inf for v in s.sigmas or ()):
-        raise InputError(f"sigmas must be positive numbers, got {s.sigmas!r}")
-    if not all(isinstance(v, int) and v >= 1 for v in s.n_samples):
+    check_positive_numbers(s, "lr", "ivon_lr", "ivon_hess_init", "sigmas")
+    if not s.n_samples or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s.n_samples
+    ):
         raise InputError(f"n_samples must be integers ≥ 1, got {s.n_samples!r}")
-    if not (isinstance(s.steps, int) and s.steps >= 1):
-        raise InputError(f"steps must be an integer ≥ 1, got {s.steps!r}")
-    if s.threads is not None and not (isinstance(s.threads, int) and s.threads >= 1):
-        raise InputError(f"threads must be an integer ≥ 1, got {s.threads!r}")
-    if not 0 < s.tail <= 1:
-        raise InputError(f"tail must lie in (0, 1], got {s.tail!r}")
+    check_positive_ints(s, "steps")
+    check_positive_ints(s, "threads", optional=True)
+    check_fraction("tail", s.tail)
     if not 0 <= s.ivon_beta1 < 1 or not 0 <= s.ivon_beta2 <= 1 or s.ivon_weight_decay < 0:
         raise InputError("IVON needs beta1 in [0, 1), beta2 in [0, 1] and weight_decay ≥ 0")
 

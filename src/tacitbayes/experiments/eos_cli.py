@@ -30,23 +30,30 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         "grid of noise levels σ and sample counts N_s, and IVON, on MSE loss; track the top "
         "Hessian eigenvalue and compare it with 2/ρ and the variational threshold h_crit.",
     )
-    p.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist or mnist")
-    p.add_argument("--model", default="mlp", help="mlp (default, tanh), lenet or vit")
+    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist or mnist")
+    p.add_argument("--model", default="mlp", help="mlp (tanh), lenet or vit")
     p.add_argument("--width", type=positive_int, help="mlp width / vit dim (default 128)")
     p.add_argument("--depth", type=positive_int, help="mlp hidden layers / vit blocks (default 2)")
-    p.add_argument("--activation", default="tanh", help="mlp/lenet activation (default tanh)")
+    p.add_argument("--activation", default="tanh", help="mlp/lenet activation")
     p.add_argument("--n-train", type=positive_int, help="training subset (fashion-mnist: 2000)")
     p.add_argument("--lr", type=positive_float, help="step size ρ (digits 0.08, else 0.04)")
     p.add_argument("--steps", type=positive_int, help="full-batch steps per run (default 1500)")
     p.add_argument("--record-every", type=positive_int, help="steps between sharpness records")
     p.add_argument("--sigmas", type=positive_floats, help="VGD noise levels, comma-separated")
     p.add_argument(
-        "--n-samples", type=positive_ints, default=(1, 4), help="VGD samples per step (1,4)"
+        "--n-samples",
+        type=positive_ints,
+        default=(1, 4),
+        help="VGD samples per step, comma-separated",
     )
     p.add_argument("--no-ivon", action="store_true", help="skip the IVON run")
     p.add_argument("--ivon-lr", type=positive_float, help="IVON learning rate (default ρ)")
-    p.add_argument("--ivon-hess-init", type=positive_float, default=1.0)
-    p.add_argument("--tail", type=_fraction, default=0.4, help="fraction averaged at the end")
+    p.add_argument(
+        "--ivon-hess-init", type=positive_float, default=1.0, help="IVON's initial Hessian"
+    )
+    p.add_argument(
+        "--tail", type=_fraction, default=0.4, help="fraction of the steps averaged at the end"
+    )
     add_run_options(p, "eos")
     p.set_defaults(run=_run_eos)
 

@@ -8,7 +8,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tacitbayes import plots
-from tacitbayes.io import atomic_path, write_json, write_text
+from tacitbayes.experiments.reporting import cell, footer, text_table
+from tacitbayes.experiments.reporting import write_outputs as write_files
+from tacitbayes.io import atomic_path
 
 COLUMNS = (
     ("σ", "sigma", "{:g}"),
@@ -25,23 +27,18 @@ COLUMNS = (
 
 
 def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
-    value = row.get(key)
-    if value is None or (key in ("threshold", "ratio_to_threshold") and row["kind"] != "vgd"):
+    if key in ("threshold", "ratio_to_threshold") and row["kind"] != "vgd":
         return "-"
-    try:
-        return fmt.format(value)
-    except (TypeError, ValueError):
-        return str(value)
+    return cell(row.get(key), fmt)
 
 
 def format_table(results: dict[str, Any]) -> str:
     """The per-run summary as a fixed-width text table for the terminal."""
-    header = f"{'run':<20}" + "".join(f"{title:>16}" for title, _, _ in COLUMNS)
-    lines = [header, "-" * len(header)]
-    for name, row in results["runs"].items():
-        cells = "".join(f"{_cell(row, key, fmt):>16}" for _, key, fmt in COLUMNS)
-        lines.append(f"{name + (' (diverged)' if row['diverged'] else ''):<20}{cells}")
-    return "\n".join(lines)
+    rows = {
+        name + (" (diverged)" if row["diverged"] else ""): row
+        for name, row in results["runs"].items()
+    }
+    return text_table(rows, COLUMNS, first="run", cell_of=_cell)
 
 
 def sharpness_plot(results: dict[str, Any], path: str | Path) -> Path:
@@ -102,10 +99,8 @@ def _report(results: dict[str, Any]) -> str:
             f"{ivon['final_preconditioned_sharpness']:.3g} (its momentum-GD limit "
             f"2(1+β₁)/(α(1−β₁)) = {ivon['preconditioned_threshold']:.3g}).",
         ]
-    lines += ["", "## Checks", "", *(f"- {k}: {v}" for k, v in results["checks"].items())]
-    lines += ["", "## Settings", "", "```", *(f"{k}: {v}" for k, v in s.items()), "```"]
-    lines += ["", "## Versions", "", *(f"- {k}: {v}" for k, v in results["versions"].items()), ""]
-    return "\n".join(lines)
+    checks = [f"- {k}: {v}" for k, v in results["checks"].items()]
+    return "\n".join(lines + footer(s, results["versions"], [("Checks", checks)]))
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
@@ -138,5 +133,4 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
             title="IVON: sharpness of H and of D^-½ H D^-½",
             hlines={"2/ρ (GD)": results["gd_threshold"]},
         )
-    write_text(out / "report.md", _report(results))
-    write_json(out / "results.json", results)
+    write_files(out, results, _report(results))

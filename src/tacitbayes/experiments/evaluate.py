@@ -45,16 +45,18 @@ def predict_with_scores(
 
 def evaluate_predictor(
     predictor: Predictor, data: DataBundle, batch_size: int = 500
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """Metrics on the test set, the rotated test sets and the OOD set; also the test probabilities."""
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Metrics on the test set, the rotated test sets and the OOD set; the probabilities ("test", "ood")."""
     x_test, y_test = data.test.tensors
     start = time.perf_counter()
     probs, scores = predict_with_scores(predictor, x_test, batch_size)
     predict_seconds = time.perf_counter() - start
     result: dict[str, Any] = metrics.evaluate(probs, y_test)
     result["predict_seconds"] = predict_seconds
+    arrays = {"test": probs}
     if len(data.ood):
         probs_ood, scores_ood = predict_with_scores(predictor, data.ood, batch_size)
+        arrays["ood"] = probs_ood
         result["ood_auroc"] = metrics.ood_auroc(probs, probs_ood, score="max_prob")
         result["ood_auroc_entropy"] = metrics.ood_auroc(probs, probs_ood, score="entropy")
         for name in scores:
@@ -67,4 +69,4 @@ def evaluate_predictor(
         result["shift_accuracy"] = sum(s["accuracy"] for s in shift.values()) / len(shift)
         result["shift_nll"] = sum(s["nll"] for s in shift.values()) / len(shift)
         result["shift"] = shift
-    return result, probs
+    return result, arrays

@@ -6,12 +6,12 @@ solution to the min-ℓ₁ and min-ℓ₂ solutions across init scale and depth;
 sparse-recovery phase transition; (4) whether a trained MLP's first layer ends at the
 minimum-distance-to-init solution of its linearized problem. Writes results.json,
 report.md and PNG plots into ``--out``. The studies run single-threaded: their tensors
-are small, and thread hand-offs cost more than they save.
+are small, and thread hand-offs cost more than they save. The command line is wired in
+:mod:`tacitbayes.experiments.linsys_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +20,6 @@ from typing import Any
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
 from tacitbayes.experiments import linsys_studies as studies
-from tacitbayes.experiments.cli_types import add_device_option, positive_int
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.io import write_json, write_text
 
@@ -268,43 +267,3 @@ def _report(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def add_subparser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``linsys`` sub-command to the ``tacitbayes`` parser's subparsers."""
-    p = sub.add_parser(
-        "linsys",
-        help="implicit bias of initialization in underdetermined linear systems",
-        description="Gradient descent on underdetermined systems Ay = b through linear, "
-        "diagonal and deep linear parametrizations: the depth-1 closed form, distance to the "
-        "min-ℓ1/min-ℓ2 solutions across init scale and depth, the sparse-recovery phase "
-        "transition, and the first layer of a trained MLP.",
-    )
-    p.add_argument("--n", type=positive_int, help="equations (default 20; --quick 10)")
-    p.add_argument("--d", type=positive_int, help="unknowns (default 60; --quick 30)")
-    p.add_argument("--k", type=positive_int, help="nonzeros of the sparse signal (default 4)")
-    p.add_argument("--trials", type=positive_int, help="problems per n/d in the phase transition")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="small grids (seconds, for tests)")
-    p.add_argument("--out", help="output directory (default runs/linsys-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_device_option(p, "study 4 trains its MLP there (studies 1-3 run on the CPU)")
-    p.set_defaults(run=_run_linsys)
-
-
-def _run_linsys(args: argparse.Namespace) -> int:
-    settings = LinsysSettings(
-        n=args.n,
-        d=args.d,
-        k=args.k,
-        trials=args.trials,
-        seed=args.seed,
-        quick=args.quick,
-        out=args.out,
-        progress=not args.no_progress,
-        device=args.device,
-    )
-    results = run_linsys(settings)
-    print(format_table(results))
-    print(f"wrote {results['out']}/results.json, report.md, {', '.join(PLOTS)}")
-    return 0

@@ -1,22 +1,43 @@
-"""Plain-language verdicts for ``compare``: does a posterior predict like MAP, or worse than it?
+"""Plain-language verdicts for ``compare``: where a method wins and loses against MAP and the best baseline.
 
 A post-hoc posterior whose tuned prior precision collapses it onto the MAP weights
 prints MAP's numbers; one whose samples move the training predictions underfits. Both
-must be said in words, not left for the reader to spot in a table.
+must be said in words, not left for the reader to spot in a table. The baselines are
+``map_temperature`` and ``ensemble``; the best of those present is the one with the
+lowest test NLL.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from tacitbayes.metrics import total_variation
 
-__all__ = ["LIKE_MAP_TV", "UNDERFIT_NLL", "map_distance", "verdict"]
+__all__ = [
+    "BASELINES",
+    "HEADLINE",
+    "LIKE_MAP_TV",
+    "best_baseline",
+    "collapse_note",
+    "map_distance",
+    "verdict",
+]
 
 LIKE_MAP_TV = 1e-3  # mean total-variation distance to MAP's test predictions
-UNDERFIT_NLL = 0.005  # test NLL above MAP's by more than this counts as worse
+BASELINES = ("map_temperature", "ensemble")
+# headline metric -> (which direction is better, the smallest difference that counts)
+HEADLINE: dict[str, tuple[str, float]] = {
+    "accuracy": ("higher", 0.002),
+    "nll": ("lower", 0.005),
+    "ece": ("lower", 0.002),
+    "ood_auroc": ("higher", 0.005),
+    "shift_accuracy": ("higher", 0.002),
+}
+NAMES = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "ood_auroc": "OOD AUROC"}
+NAMES["shift_accuracy"] = "accuracy under rotation"
 
 
 def map_distance(probs: torch.Tensor, map_probs: torch.Tensor) -> float:
@@ -24,22 +45,93 @@ def map_distance(probs: torch.Tensor, map_probs: torch.Tensor) -> float:
     return total_variation(probs, map_probs)
 
 
-def verdict(row: dict[str, Any], map_row: dict[str, Any]) -> str:
-    """One sentence on how a method's test predictions relate to MAP's."""
+def best_baseline(methods: dict[str, dict[str, Any]]) -> str | None:
+    """The baseline present in ``methods`` with the lowest test NLL (None if there is none)."""
+    present = [b for b in BASELINES if b in methods and _number(methods[b].get("nll"))]
+    return min(present, key=lambda b: methods[b]["nll"]) if present else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def gain(key: str, value: float, reference: float) -> float:
+    """How much better ``value`` is than ``reference`` on headline metric ``key`` (signed)."""
+    diff = value - reference
+    return diff if HEADLINE[key][0] == "higher" else -diff
+
+
+def _against(row: dict[str, Any], ref: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The headline metrics where ``row`` beats ``ref`` and where it loses (beyond a tie margin)."""
+    wins, losses = [], []
+    for key, (_, margin) in HEADLINE.items():
+        a, b = row.get(key), ref.get(key)
+        if not (_number(a) and _number(b)):
+            continue
+        text = f"{NAMES[key]} {a - b:+.4f}"
+        if gain(key, a, b) > margin:
+            wins.append(text)
+        elif gain(key, a, b) < -margin:
+            losses.append(text)
+    return wins, losses
+
+
+def _sentence(name: str, row: dict[str, Any], ref: dict[str, Any]) -> str:
+    wins, losses = _against(row, ref)
+    if not wins and not losses:
+        return f"level with {name} on every headline metric"
+    parts = []
+    if wins:
+        parts.append("better " + ", ".join(wins))
+    if losses:
+        parts.append("worse " + ", ".join(losses))
+    return f"against {name}: " + "; ".join(parts)
+
+
+def _upper(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def collapse_note(row: dict[str, Any]) -> str | None:
+    """Why a posterior predicts like MAP, from the prior precision it chose vs the evidence value."""
+    chosen = row.get("prior_precision")
+    evidence = row.get("prior_precision_marglik", row.get("evidence_prior_precision"))
+    if not (_number(chosen) and _number(evidence)) or evidence <= 0:
+        return None
+    ratio = chosen / evidence
+    if ratio >= 10:
+        return (
+            f"the prior precision chosen on validation is 10^{math.log10(ratio):.1f} × the "
+            "evidence value, which shrinks the posterior onto the MAP weights"
+        )
+    return f"prior precision {chosen:.3g} (evidence value {evidence:.3g})"
+
+
+def verdict(name: str, methods: dict[str, dict[str, Any]]) -> str:
+    """One or two sentences on method ``name`` against MAP and against the best baseline."""
+    row = methods[name]
     tv = row.get("map_distance")
-    if tv is not None and tv < LIKE_MAP_TV:
-        return (
-            f"predicts like MAP (mean total-variation distance {tv:.1e} to MAP's test "
-            "predictions): the posterior adds nothing here"
+    sentences = []
+    if name != "map" and _number(tv) and tv < LIKE_MAP_TV:
+        why = collapse_note(row)
+        sentences.append(
+            f"This posterior predicts like MAP (mean total-variation distance {tv:.1e} to "
+            f"MAP's test predictions){': ' + why if why else ''}."
         )
-    d_nll = row["nll"] - map_row["nll"]
-    d_acc = row["accuracy"] - map_row["accuracy"]
-    scores = {k: v for k, v in row.items() if k.startswith("ood_auroc") and isinstance(v, float)}
-    best = max(scores, key=scores.get) if scores else None
-    ood = f"; best OOD AUROC {scores[best]:.4f} ({best})" if best else ""
-    if d_nll > UNDERFIT_NLL or d_acc < 0:
-        return (
-            f"worse than MAP in distribution (NLL {d_nll:+.4f}, accuracy {d_acc:+.4f}): "
-            f"underfits at this prior precision{ood}"
+    elif name != "map" and "map" in methods:
+        ref = methods["map"]
+        worse_fit = any(
+            _number(row.get(k)) and _number(ref.get(k)) and gain(k, row[k], ref[k]) < -margin
+            for k, margin in (("accuracy", HEADLINE["accuracy"][1]), ("nll", HEADLINE["nll"][1]))
         )
-    return f"differs from MAP (NLL {d_nll:+.4f}, accuracy {d_acc:+.4f}){ood}"
+        if worse_fit and name not in BASELINES:
+            sentences.append(
+                "Worse than MAP in distribution: it underfits at this prior precision."
+            )
+        sentences.append(_upper(_sentence("MAP", row, ref)) + ".")
+    best = best_baseline(methods)
+    if best is not None and best != name:
+        sentences.append(_upper(_sentence(f"{best} (best baseline)", row, methods[best])) + ".")
+    elif best is None and name not in BASELINES:
+        sentences.append("No baseline (map_temperature, ensemble) was run.")
+    return " ".join(sentences) or "The reference."

@@ -7,8 +7,7 @@ Vec convention throughout: ``(A ⊗ B) vec(W) = vec(A W Bᵀ)`` with row-major
 
 from __future__ import annotations
 
-from tacitbayes.linalg.kronecker import KroneckerProduct
-from tacitbayes.linalg.kronecker_sum import KroneckerProductSum, nearest_kronecker
+from tacitbayes.linalg.kronecker import KroneckerProduct, KroneckerProductSum, nearest_kronecker
 from tacitbayes.linalg.krylov import KrylovInfo, cg, lsqr, minres
 
 __all__ = [

@@ -1,131 +1,56 @@
-"""A single Kronecker product ``A ⊗ B`` of square factors, applied without forming it.
+"""Kronecker products ``A ⊗ B`` of square factors and sums ``S = Σ_i A_i ⊗ B_i`` of them.
 
 Convention (the one ``torch.kron`` uses): with ``A`` of shape (m, m) and ``B`` of
 shape (n, n), a flat vector ``v`` of length m·n is the row-major ``vec`` of a matrix
 ``W`` of shape (m, n), ``v = W.reshape(-1)``, and ``(A ⊗ B) v = (A W Bᵀ).reshape(-1)``.
 Every operation also takes a block ``V`` of shape (m·n, k) of k right-hand sides and
-returns the same shape.  Only :meth:`KroneckerProduct.to_dense` forms the
-(m·n) × (m·n) matrix.
+returns the same shape.  Only ``to_dense`` forms the (m·n) × (m·n) matrix.
 
-The private helpers here (input checks, factor application) are shared with
-:mod:`tacitbayes.linalg.kronecker_sum`.
+:class:`KroneckerProduct` and :class:`KroneckerProductSum` live in one module because
+each refers to the other (A ⊗ B + C ⊗ D is a sum; a sum holds products);
+:mod:`tacitbayes.linalg.kronecker_sum` re-exports the sum. The factor-level helpers are in
+:mod:`tacitbayes.linalg.kronecker_factors`.
+
+Sums: exact ``logdet``/``solve``/``sample`` exist for one term and for two terms
+``A₁ ⊗ B₁ + A₂ ⊗ B₂`` with A₂, B₂ SPD and A₁, B₁ symmetric.  Writing the
+generalised eigendecompositions A₁U = A₂UΛ (UᵀA₂U = I) and B₁V = B₂VM (VᵀB₂V = I),
+
+    S = (U⁻ᵀ ⊗ V⁻ᵀ) (Λ ⊗ M + I ⊗ I) (U⁻¹ ⊗ V⁻¹),
+
+so with d = 1 + λ ⊗ μ: log det S = n·log det A₂ + m·log det B₂ + Σ log d,
+S⁻¹ = (U ⊗ V) diag(1/d) (Uᵀ ⊗ Vᵀ).  Cost O(m³ + n³) once, then O(mn(m + n)) per
+column.  For three or more terms use :func:`nearest_kronecker` (Van Loan–Pitsianis).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Sequence
 from numbers import Real
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from tacitbayes.errors import InputError
+from tacitbayes.linalg.kronecker_factors import (
+    _apply_factors,
+    _as_block,
+    _check_factor,
+    _check_n_samples,
+    _check_same_kind,
+    _chol_solver,
+    _cholesky_or_none,
+    _generalized_eigh,
+    _inverse_condition,
+    _is_symmetric,
+    _left,
+    _lower_inv_t,
+    _lu_solver,
+    _restore,
+)
 
-if TYPE_CHECKING:
-    from tacitbayes.linalg.kronecker_sum import KroneckerProductSum
-
-__all__ = ["KroneckerProduct"]
-
-_FLOAT_DTYPES = (torch.float32, torch.float64)
-
-FactorMap = Callable[[Tensor], Tensor]
-
-
-def _check_factor(M: object, name: str) -> Tensor:
-    """Return ``M`` if it is a square float32/float64 matrix, else raise InputError."""
-    if not isinstance(M, Tensor):
-        raise InputError(f"factor {name} must be a torch.Tensor, got {type(M).__name__}")
-    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] == 0:
-        raise InputError(
-            f"factor {name} must be a non-empty square matrix, got shape {tuple(M.shape)}"
-        )
-    if M.dtype not in _FLOAT_DTYPES:
-        raise InputError(f"factor {name} must be float32 or float64, got {M.dtype}")
-    return M
-
-
-def _check_same_kind(tensors: list[Tensor], names: list[str]) -> None:
-    """Raise InputError unless all tensors share one dtype and one device."""
-    first, first_name = tensors[0], names[0]
-    for M, name in zip(tensors[1:], names[1:], strict=True):
-        if M.dtype != first.dtype:
-            raise InputError(
-                f"dtype mismatch: {first_name} is {first.dtype} but {name} is {M.dtype}"
-            )
-        if M.device != first.device:
-            raise InputError(
-                f"device mismatch: {first_name} is on {first.device} but {name} is on {M.device}"
-            )
-
-
-def _as_block(
-    v: object, size: int, dtype: torch.dtype, device: torch.device
-) -> tuple[Tensor, bool]:
-    """View a vector (size,) or block (size, k) as a block; also say whether it was a vector."""
-    if not isinstance(v, Tensor):
-        raise InputError(f"expected a torch.Tensor, got {type(v).__name__}")
-    if v.ndim not in (1, 2) or v.shape[0] != size:
-        raise InputError(
-            f"expected a vector of length {size} or a block of shape ({size}, k), "
-            f"got shape {tuple(v.shape)}"
-        )
-    if v.dtype != dtype:
-        raise InputError(f"dtype mismatch: operator is {dtype} but the vector is {v.dtype}")
-    if v.device != device:
-        raise InputError(
-            f"device mismatch: operator is on {device} but the vector is on {v.device}"
-        )
-    return (v.unsqueeze(1), True) if v.ndim == 1 else (v, False)
-
-
-def _restore(V: Tensor, was_vector: bool) -> Tensor:
-    """Undo :func:`_as_block`: drop the column axis of a one-column block made from a vector."""
-    return V.squeeze(1) if was_vector else V
-
-
-def _apply_factors(left: FactorMap, right: FactorMap, V: Tensor, m: int, n: int) -> Tensor:
-    """Compute (L ⊗ R) V for a block V (m·n, k), where ``left(X) = L X`` and ``right(Y) = R Y``."""
-    k = V.shape[1]
-    T = left(V.reshape(m, n * k)).reshape(m, n, k)
-    T = T.permute(1, 0, 2).reshape(n, m * k)
-    T = right(T).reshape(n, m, k).permute(1, 0, 2)
-    return T.reshape(m * n, k)
-
-
-def _is_symmetric(M: Tensor) -> bool:
-    """True when max|M − Mᵀ| ≤ 100·eps·max|M| (symmetric up to rounding)."""
-    eps = torch.finfo(M.dtype).eps
-    scale = M.abs().max()
-    return bool((M - M.mT).abs().max() <= 100 * eps * scale)
-
-
-def _cholesky_or_none(M: Tensor) -> Tensor | None:
-    """Lower Cholesky factor L (M = L Lᵀ) of a symmetric matrix, or None if M is not SPD."""
-    if not _is_symmetric(M):
-        return None
-    L, info = torch.linalg.cholesky_ex(0.5 * (M + M.mT))
-    return L if int(info) == 0 else None
-
-
-def _lower_inv_t(L: Tensor) -> FactorMap:
-    """Map X ↦ L⁻ᵀ X for a lower-triangular L."""
-    return lambda X: torch.linalg.solve_triangular(L.mT, X, upper=True)
-
-
-def _lower_inv(L: Tensor) -> FactorMap:
-    """Map X ↦ L⁻¹ X for a lower-triangular L."""
-    return lambda X: torch.linalg.solve_triangular(L, X, upper=False)
-
-
-def _chol_solver(L: Tensor) -> FactorMap:
-    """Map X ↦ (L Lᵀ)⁻¹ X for a lower Cholesky factor L."""
-    return lambda X: torch.cholesky_solve(X, L)
-
-
-def _left(M: Tensor) -> FactorMap:
-    """Map X ↦ M X."""
-    return lambda X: M @ X
+__all__ = ["KroneckerProduct", "KroneckerProductSum", "nearest_kronecker"]
 
 
 class KroneckerProduct:
@@ -215,8 +140,6 @@ class KroneckerProduct:
 
     def __add__(self, other: object) -> KroneckerProductSum:
         """A ⊗ B + (another Kronecker product or sum of them) as a KroneckerProductSum."""
-        from tacitbayes.linalg.kronecker_sum import KroneckerProductSum
-
         if isinstance(other, KroneckerProduct):
             return KroneckerProductSum([self, other])
         if isinstance(other, KroneckerProductSum):
@@ -334,16 +257,313 @@ class KroneckerProduct:
         return torch.kron(self.A, self.B)
 
 
-def _lu_solver(M: Tensor, name: str) -> FactorMap:
-    """Map X ↦ M⁻¹ X through an LU factorisation; InputError if M is singular."""
-    LU, pivots, info = torch.linalg.lu_factor_ex(M)
-    if int(info) != 0:
-        raise InputError(f"factor {name} is singular, so A ⊗ B cannot be inverted")
-    return lambda X: torch.linalg.lu_solve(LU, pivots, X)
+TermLike = KroneckerProduct | tuple[Tensor, Tensor]
 
 
-def _check_n_samples(n_samples: object) -> int:
-    """Return n_samples if it is a positive int, else raise InputError."""
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
-    return n_samples
+def _coerce_terms(terms: object) -> list[KroneckerProduct]:
+    """Validate terms (KroneckerProducts or (A, B) pairs) and return them as KroneckerProducts."""
+    if isinstance(terms, KroneckerProductSum):
+        return list(terms.terms)
+    if isinstance(terms, KroneckerProduct):
+        return [terms]
+    if isinstance(terms, (Tensor, str, bytes)) or not isinstance(terms, Sequence):
+        raise InputError("terms must be a sequence of KroneckerProduct or (A, B) pairs")
+    if len(terms) < 1:
+        raise InputError("a sum of Kronecker products needs at least one term")
+    out: list[KroneckerProduct] = []
+    for i, term in enumerate(terms):
+        if isinstance(term, KroneckerProduct):
+            out.append(term)
+        elif isinstance(term, (tuple, list)) and len(term) == 2:
+            out.append(KroneckerProduct(term[0], term[1]))
+        else:
+            raise InputError(f"term {i} must be a KroneckerProduct or an (A, B) pair")
+    first = out[0]
+    for i, t in enumerate(out[1:], start=1):
+        if (t.m, t.n) != (first.m, first.n):
+            raise InputError(
+                f"term {i} has factor sizes ({t.m}, {t.n}) but term 0 has ({first.m}, {first.n})"
+            )
+        if t.dtype != first.dtype:
+            raise InputError(f"dtype mismatch: term 0 is {first.dtype} but term {i} is {t.dtype}")
+        if t.device != first.device:
+            raise InputError(
+                f"device mismatch: term 0 is on {first.device} but term {i} is on {t.device}"
+            )
+    return out
+
+
+class _PairEig:
+    """Simultaneous diagonalisation of A₁ ⊗ B₁ + A₂ ⊗ B₂ (A₂, B₂ SPD; A₁, B₁ symmetric)."""
+
+    def __init__(self, sym: KroneckerProduct, spd: KroneckerProduct, LA: Tensor, LB: Tensor):
+        self.m, self.n = sym.m, sym.n
+        lam, self.U, self.U_inv_t = _generalized_eigh(0.5 * (sym.A + sym.A.mT), LA)
+        mu, self.V, self.V_inv_t = _generalized_eigh(0.5 * (sym.B + sym.B.mT), LB)
+        self.d = (1 + torch.outer(lam, mu)).reshape(-1, 1)
+        self.logdet_spd = (
+            2 * self.n * LA.diagonal().log().sum() + 2 * self.m * LB.diagonal().log().sum()
+        )
+
+    def require_pd(self, what: str) -> None:
+        """Raise InputError unless every 1 + λ_i μ_j > 0, i.e. the sum is positive definite."""
+        if not bool((self.d > 0).all()):
+            raise InputError(f"{what} needs a positive definite sum, and this sum is not")
+
+    def require_nonsingular(self) -> None:
+        """Raise InputError when some 1 + λ_i μ_j vanishes (to rounding)."""
+        eps = torch.finfo(self.d.dtype).eps
+        a = self.d.abs()
+        if bool(a.min() <= 10 * eps * a.max()):
+            raise InputError("the sum of Kronecker products is singular and cannot be solved")
+
+    def logdet(self) -> Tensor:
+        """n·log det A₂ + m·log det B₂ + Σ_ij log(1 + λ_i μ_j)."""
+        return self.logdet_spd + self.d.log().sum()
+
+    def solve(self, V: Tensor) -> Tensor:
+        """(U ⊗ V) diag(1/d) (Uᵀ ⊗ Vᵀ) V."""
+        Y = _apply_factors(_left(self.U.mT), _left(self.V.mT), V, self.m, self.n) / self.d
+        return _apply_factors(_left(self.U), _left(self.V), Y, self.m, self.n)
+
+    def transform(self, Z: Tensor, as_precision: bool) -> Tensor:
+        """(U ⊗ V) d^{-1/2} Z (covariance S⁻¹) or (U⁻ᵀ ⊗ V⁻ᵀ) d^{1/2} Z (covariance S)."""
+        if as_precision:
+            return _apply_factors(_left(self.U), _left(self.V), Z * self.d.rsqrt(), self.m, self.n)
+        Y = Z * self.d.sqrt()
+        return _apply_factors(_left(self.U_inv_t), _left(self.V_inv_t), Y, self.m, self.n)
+
+
+class KroneckerProductSum:
+    """The matrix S = Σ_i A_i ⊗ B_i (all A_i: m×m, all B_i: n×n), never formed densely.
+
+    matvec costs O(k·mn(m + n)) per column for k terms.  logdet/solve/sample are exact
+    for one term and for two terms (one with SPD factors, the other with symmetric
+    factors); for more terms they raise InputError unless ``approximate=True``, which
+    replaces S by :func:`nearest_kronecker` and warns.  The two-term diagonalisation is
+    cached (unless a factor requires grad); do not modify factors in place afterwards.
+    """
+
+    def __init__(self, terms: Sequence[TermLike]) -> None:
+        """Store the terms: KroneckerProducts or (A_i, B_i) pairs of equal sizes, dtype, device."""
+        self._terms = _coerce_terms(terms)
+        self._pair: _PairEig | None = None
+
+    @property
+    def terms(self) -> list[KroneckerProduct]:
+        """The terms A_i ⊗ B_i as KroneckerProducts (a new list)."""
+        return list(self._terms)
+
+    @property
+    def m(self) -> int:
+        """Size m of every A_i."""
+        return self._terms[0].m
+
+    @property
+    def n(self) -> int:
+        """Size n of every B_i."""
+        return self._terms[0].n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape (m·n, m·n) of the sum."""
+        return self._terms[0].shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of all factors."""
+        return self._terms[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of all factors."""
+        return self._terms[0].device
+
+    def __len__(self) -> int:
+        return len(self._terms)
+
+    def __repr__(self) -> str:
+        return f"KroneckerProductSum(terms={len(self)}, m={self.m}, n={self.n}, dtype={self.dtype})"
+
+    # ---- products and arithmetic ---------------------------------------------------------
+    def matvec(self, v: Tensor) -> Tensor:
+        """S v = Σ_i vec(A_i W B_iᵀ) for v = vec(W); v of shape (m·n,) or (m·n, k)."""
+        V, was_vector = _as_block(v, self.shape[0], self.dtype, self.device)
+        out = _apply_factors(_left(self._terms[0].A), _left(self._terms[0].B), V, self.m, self.n)
+        for t in self._terms[1:]:
+            out = out + _apply_factors(_left(t.A), _left(t.B), V, self.m, self.n)
+        return _restore(out, was_vector)
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        """S v (see :meth:`matvec`)."""
+        return self.matvec(v)
+
+    def __add__(self, other: object) -> KroneckerProductSum:
+        """Concatenate terms: S + A ⊗ B or S + S'."""
+        if isinstance(other, KroneckerProduct):
+            return KroneckerProductSum([*self._terms, other])
+        if isinstance(other, KroneckerProductSum):
+            return KroneckerProductSum([*self._terms, *other._terms])
+        return NotImplemented
+
+    def __radd__(self, other: object) -> KroneckerProductSum:
+        """Support ``sum([...])``: 0 + S = S."""
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        return NotImplemented
+
+    def __mul__(self, scalar: float) -> KroneckerProductSum:
+        """c S = Σ_i (c A_i) ⊗ B_i for a real scalar c."""
+        if isinstance(scalar, bool) or not isinstance(scalar, (Real, Tensor)):
+            return NotImplemented
+        return KroneckerProductSum([t * scalar for t in self._terms])
+
+    __rmul__ = __mul__
+
+    # ---- cheap summaries -----------------------------------------------------------------
+    def trace(self) -> Tensor:
+        """tr S = Σ_i tr A_i · tr B_i."""
+        return torch.stack([t.trace() for t in self._terms]).sum()
+
+    def diag(self) -> Tensor:
+        """diag S = Σ_i diag A_i ⊗ diag B_i, a vector of length m·n."""
+        return torch.stack([t.diag() for t in self._terms]).sum(0)
+
+    def to_dense(self) -> Tensor:
+        """The dense (m·n) × (m·n) matrix Σ_i A_i ⊗ B_i (for tests and small problems only)."""
+        return torch.stack([t.to_dense() for t in self._terms]).sum(0)
+
+    def nearest_kronecker(self) -> tuple[KroneckerProduct, float]:
+        """Nearest A ⊗ B to S in Frobenius norm and ‖S − A ⊗ B‖_F / ‖S‖_F."""
+        return nearest_kronecker(self)
+
+    # ---- exact (or explicitly approximate) factorised operations -------------------------
+    def _pair_eig(self) -> tuple[_PairEig | None, str]:
+        """Diagonalise a two-term sum, or return None with the reason it cannot be done."""
+        if self._pair is not None:
+            return self._pair, ""
+        t1, t2 = self._terms
+        best: tuple[float, KroneckerProduct, KroneckerProduct, Tensor, Tensor] | None = None
+        for sym, spd in ((t1, t2), (t2, t1)):  # the better-conditioned SPD term is diagonalised
+            LA = _cholesky_or_none(spd.A)
+            LB = _cholesky_or_none(spd.B) if LA is not None else None
+            if LA is None or LB is None or not (_is_symmetric(sym.A) and _is_symmetric(sym.B)):
+                continue
+            score = min(_inverse_condition(LA), _inverse_condition(LB))
+            if best is None or score > best[0]:
+                best = (score, sym, spd, LA, LB)
+        pair = _PairEig(*best[1:]) if best is not None else None
+        if pair is None:
+            return None, (
+                "an exact factorisation of a two-term sum needs one term with symmetric positive "
+                "definite factors and the other with symmetric factors"
+            )
+        grad_live = torch.is_grad_enabled() and any(
+            t.A.requires_grad or t.B.requires_grad for t in self._terms
+        )
+        if not grad_live:
+            self._pair = pair
+        return pair, ""
+
+    def _route(self, what: str, approximate: bool) -> KroneckerProduct | _PairEig:
+        """Pick the single term, the two-term diagonalisation, or (if allowed) an approximation."""
+        if len(self._terms) == 1:
+            return self._terms[0]
+        if len(self._terms) == 2:
+            pair, reason = self._pair_eig()
+            if pair is not None:
+                return pair
+        else:
+            reason = f"{what} is exact only for sums of one or two terms, this one has {len(self)}"
+        if not approximate:
+            raise InputError(
+                f"{reason}; call nearest_kronecker(...) to get the nearest single Kronecker "
+                "product, or pass approximate=True to use it here"
+            )
+        approx, rel_err = nearest_kronecker(self)
+        warnings.warn(
+            f"{what}: using the nearest single Kronecker product instead of the sum "
+            f"(relative Frobenius error {rel_err:.3g})",
+            UserWarning,
+            stacklevel=3,
+        )
+        return approx
+
+    def logdet(self, approximate: bool = False) -> Tensor:
+        """log det S (two terms: n·log det A₂ + m·log det B₂ + Σ log(1 + λ_i μ_j))."""
+        route = self._route("logdet", approximate)
+        if isinstance(route, KroneckerProduct):
+            return route.logdet()
+        route.require_pd("logdet")
+        return route.logdet()
+
+    def solve(self, v: Tensor, approximate: bool = False) -> Tensor:
+        """S⁻¹ v (two terms: (U ⊗ V) diag(1/(1 + λ ⊗ μ)) (Uᵀ ⊗ Vᵀ) v)."""
+        V, was_vector = _as_block(v, self.shape[0], self.dtype, self.device)
+        route = self._route("solve", approximate)
+        if isinstance(route, KroneckerProduct):
+            return _restore(route.solve(V), was_vector)
+        route.require_nonsingular()
+        return _restore(route.solve(V), was_vector)
+
+    def sample_transform(
+        self, Z: Tensor, as_precision: bool = True, approximate: bool = False
+    ) -> Tensor:
+        """Map standard-normal columns Z by G with G Gᵀ = S⁻¹ (``as_precision``) or G Gᵀ = S."""
+        V, was_vector = _as_block(Z, self.shape[0], self.dtype, self.device)
+        route = self._route("sampling", approximate)
+        if isinstance(route, KroneckerProduct):
+            return _restore(route.sample_transform(V, as_precision=as_precision), was_vector)
+        route.require_pd("sampling")
+        return _restore(route.transform(V, as_precision), was_vector)
+
+    def sample(
+        self,
+        n_samples: int = 1,
+        as_precision: bool = True,
+        generator: torch.Generator | None = None,
+        approximate: bool = False,
+    ) -> Tensor:
+        """Draws (n_samples, m·n) from N(0, S⁻¹) if ``as_precision`` else from N(0, S)."""
+        n_samples = _check_n_samples(n_samples)
+        Z = torch.randn(
+            self.shape[0], n_samples, dtype=self.dtype, device=self.device, generator=generator
+        )
+        return self.sample_transform(Z, as_precision=as_precision, approximate=approximate).mT
+
+
+def nearest_kronecker(
+    terms: KroneckerProductSum | KroneckerProduct | Sequence[TermLike],
+) -> tuple[KroneckerProduct, float]:
+    """argmin_{A,B} ‖Σ_i A_i ⊗ B_i − A ⊗ B‖_F, and the relative error ‖S − A ⊗ B‖_F / ‖S‖_F.
+
+    Van Loan–Pitsianis: the rearrangement R(S) = Σ_i vec(A_i) vec(B_i)ᵀ = Â B̂ᵀ has the
+    same Frobenius norm as S, and A ⊗ B is nearest when vec A, vec B are its top singular
+    pair.  With thin QRs Â = Q_a R_a, B̂ = Q_b R_b (R_aᵀR_a and R_bᵀR_b are the Gram
+    matrices tr(A_iᵀA_j), tr(B_iᵀB_j)) the SVD of the small core R_a R_bᵀ (at most k×k
+    for k terms) is exact; S is never formed.  ‖S‖²_F = Σ σ_l², the error² = Σ_{l≥2} σ_l².
+    The signs are fixed so tr A ≥ 0 (then tr B ≥ 0 where possible); if all factors are
+    symmetric the result is symmetrised, and for SPD terms it has SPD factors.
+    Cost: O(k²(m² + n²)).  Differentiable through QR/SVD; gradients can be NaN when the
+    terms are linearly dependent (e.g. repeated) — merge such terms first.
+    """
+    kps = _coerce_terms(terms)
+    m, n = kps[0].m, kps[0].n
+    Qa, Ra = torch.linalg.qr(torch.stack([t.A.reshape(-1) for t in kps], dim=1))
+    Qb, Rb = torch.linalg.qr(torch.stack([t.B.reshape(-1) for t in kps], dim=1))
+    Y, s, Zh = torch.linalg.svd(Ra @ Rb.mT)
+    total = s.square().sum()
+    if not bool(total > 0):
+        raise InputError(
+            "the sum of Kronecker products is the zero matrix; it has no nearest factor"
+        )
+    root = s[0].sqrt()
+    A = (Qa @ Y[:, 0] * root).reshape(m, m)
+    B = (Qb @ Zh[0] * root).reshape(n, n)
+    trA, trB = float(A.detach().trace()), float(B.detach().trace())
+    if trA < 0 or (trA == 0 and trB < 0):
+        A, B = -A, -B
+    if all(_is_symmetric(t.A) and _is_symmetric(t.B) for t in kps):
+        A, B = 0.5 * (A + A.mT), 0.5 * (B + B.mT)
+    rel_err = math.sqrt(max(float((s[1:].square().sum() / total).detach()), 0.0))
+    return KroneckerProduct(A, B), rel_err

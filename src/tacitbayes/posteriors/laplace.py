@@ -47,7 +47,8 @@ from tacitbayes.posteriors.laplace_api import (
     validation_prediction,
 )
 from tacitbayes.posteriors.laplace_curvature import BACKENDS, module_groups
-from tacitbayes.posteriors.noise import maximum_likelihood_sigma
+from tacitbayes.posteriors.laplace_tuning import marglik_edge, tune_marglik, tune_validation
+from tacitbayes.posteriors.noise import maximum_likelihood_sigma, tune_marglik_noise
 from tacitbayes.posteriors.predictive import (
     average_probabilities,
     bernoulli_probabilities,
@@ -344,13 +345,6 @@ class Laplace:
         (closed form, one Jacobian pass per δ). marglik refuses both keywords.
         Returns the chosen δ.
         """
-        from tacitbayes.posteriors.laplace_tuning import (
-            marglik_edge,
-            tune_marglik,
-            tune_validation,
-        )
-        from tacitbayes.posteriors.noise import tune_marglik_noise
-
         self._require_fit()
         linearized, link = validation_prediction(
             method, self.likelihood, pred_type, link_approx, linearized

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from scipy.optimize import minimize_scalar
@@ -26,10 +26,8 @@ from torch import Tensor
 from tacitbayes.batches import FIT_BATCH_SIZE, as_loader, n_examples, read_batch
 from tacitbayes.distributed import all_reduce_, shard
 from tacitbayes.errors import InputError
+from tacitbayes.posteriors.laplace_protocol import TunableLaplace
 from tacitbayes.search import check_grid_edge
-
-if TYPE_CHECKING:
-    from tacitbayes.posteriors.laplace import Laplace
 
 __all__ = [
     "LOG_DELTA_BOUNDS",
@@ -47,7 +45,7 @@ LOW_DELTA = "the posterior is as wide as the prior allows and may underfit"
 HIGH_DELTA = "the posterior may predict like MAP"
 
 
-def _scalar_marglik(la: Laplace) -> Tensor:
+def _scalar_marglik(la: TunableLaplace) -> Tensor:
     """argmax over scalar δ of log Z(δ): bounded Brent search on log δ."""
 
     def objective(t: float) -> float:
@@ -61,7 +59,7 @@ def _scalar_marglik(la: Laplace) -> Tensor:
     return torch.tensor(math.exp(float(res.x)), dtype=la.dtype, device=la.device)
 
 
-def tune_marglik(la: Laplace, prior_structure: str, n_steps: int, lr: float) -> Tensor:
+def tune_marglik(la: TunableLaplace, prior_structure: str, n_steps: int, lr: float) -> Tensor:
     """δ maximising the Laplace evidence: scalar (Brent) or per group (Adam on log δ_g)."""
     if prior_structure not in PRIOR_STRUCTURES:
         raise InputError(
@@ -107,7 +105,7 @@ def marglik_edge(delta: Tensor) -> dict[str, Any]:
 
 
 def predictive_nll(
-    la: Laplace,
+    la: TunableLaplace,
     loader: Iterable[Any],
     n_samples: int = 32,
     linearized: bool = True,
@@ -148,7 +146,7 @@ def predictive_nll(
 
 
 def tune_validation(
-    la: Laplace,
+    la: TunableLaplace,
     val_loader: Iterable[Any],
     grid: Sequence[float] | Tensor | None,
     n_samples: int,

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
+from tacitbayes.posteriors.laplace_protocol import TunableLaplace
+from tacitbayes.posteriors.laplace_tuning import tune_marglik
 from tacitbayes.search import check_grid_edge
-
-if TYPE_CHECKING:
-    from tacitbayes.posteriors.laplace import Laplace
 
 __all__ = ["maximum_likelihood_sigma", "projected_sigma", "tune_marglik_noise"]
 
@@ -39,7 +38,7 @@ def _bounds(lower: float) -> tuple[float, float]:
     return math.log(lower) - 1.0, math.log(lower) + 12.0
 
 
-def _best_sigma(la: Laplace, delta: Tensor, lower: float) -> float:
+def _best_sigma(la: TunableLaplace, delta: Tensor, lower: float) -> float:
     """argmax over σ of log Z(δ, σ) at fixed δ: bounded Brent search on log σ."""
 
     def objective(t: float) -> float:
@@ -52,12 +51,10 @@ def _best_sigma(la: Laplace, delta: Tensor, lower: float) -> float:
 
 
 def tune_marglik_noise(
-    la: Laplace, prior_structure: str, n_steps: int, lr: float
+    la: TunableLaplace, prior_structure: str, n_steps: int, lr: float
 ) -> tuple[Tensor, float, dict[str, Any]]:
     """(δ, σ) maximising the Laplace evidence jointly, by coordinate ascent from σ_ML, and the
     edge record of the σ search (:func:`tacitbayes.search.check_grid_edge`)."""
-    from tacitbayes.posteriors.laplace_tuning import tune_marglik
-
     assert la.loss_sum is not None
     lower = maximum_likelihood_sigma(float(la.loss_sum), la.n_data * la.n_outputs)
     delta = la.prior_precision

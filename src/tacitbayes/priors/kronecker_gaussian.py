@@ -31,7 +31,7 @@ from tacitbayes.curvature.kfac import KFAC, find_layers
 from tacitbayes.errors import InputError
 from tacitbayes.functional import resolve_param_names, unflatten
 from tacitbayes.linalg import KroneckerProduct, KroneckerProductSum, nearest_kronecker
-from tacitbayes.linalg.kronecker_sum import (
+from tacitbayes.linalg.kronecker_factors import (
     _cholesky_or_none,
     _generalized_eigh,
     _inverse_condition,

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from scipy.optimize import minimize_scalar
 from torch import Tensor
 
+from tacitbayes.calibration import fit_logit_temperature, sampled_nll
 from tacitbayes.errors import InputError
-from tacitbayes.search import check_grid_edge
 from tacitbayes.variational.model import VariationalModel
 
 __all__ = ["fit_temperature", "sampled_nll"]
-
-XATOL = 1e-3  # tolerance of the bounded search on log T
-
-
-def sampled_nll(logits: Tensor, y: Tensor, temperature: float) -> float:
-    """−(1/N) Σ_n log((1/K) Σ_k softmax(logits_k,n / T)_{y_n}) for logits of shape (K, N, C)."""
-    log_probs = torch.log_softmax(logits / temperature, dim=-1)
-    picked = log_probs.gather(-1, y.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-    mixture = torch.logsumexp(picked, dim=0) - math.log(logits.shape[0])
-    return float(-mixture.mean())
 
 
 @torch.no_grad()
@@ -54,7 +41,6 @@ def fit_temperature(
         raise InputError(f"bounds must satisfy 0 < low < high, got {bounds}")
     if prior_std is not None and not prior_std > 0:
         raise InputError(f"prior_std must be positive or None, got {prior_std}")
-    penalty = 0.0 if prior_std is None else 1.0 / (2 * prior_std**2 * len(val_x))
     samples = [vnet.sample(generator) for _ in range(n_samples)]
     logits = torch.stack(
         [
@@ -66,24 +52,13 @@ def fit_temperature(
             )
             for s in samples
         ]
-    ).to(torch.float64)
-    y = val_y.to(torch.int64)
-    result = minimize_scalar(
-        lambda log_t: sampled_nll(logits, y, math.exp(log_t)) + penalty * log_t**2,
-        bounds=(math.log(bounds[0]), math.log(bounds[1])),
-        method="bounded",
-        options={"xatol": XATOL},
     )
-    temperature = math.exp(float(result.x))
-    vnet.temperature.fill_(temperature)
-    vnet.temperature_tuning = check_grid_edge(
-        "temperature",
+    temperature, vnet.temperature_tuning = fit_logit_temperature(
+        logits,
+        val_y,
         bounds,
-        temperature,
-        tol=10 * XATOL,
-        log=True,
+        prior_std,
         low="the predictive is a near-hard vote of the samples (overconfident)",
-        high="the predictive is near uniform",
-        remedy="widen the bounds or keep the prior on log T (prior_std)",
     )
+    vnet.temperature.fill_(temperature)
     return temperature
