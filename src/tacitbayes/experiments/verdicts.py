@@ -30,11 +30,11 @@ LIKE_MAP_TV = 1e-3  # mean total-variation distance to MAP's test predictions
 BASELINES = ("map_temperature", "ensemble")
 # headline metric -> (which direction is better, the smallest difference that counts)
 HEADLINE: dict[str, tuple[str, float]] = {
-    "accuracy": ("higher", 0.002),
+    "accuracy": ("higher", 0.003),  # one digits test image is 0.0028: a tie
     "nll": ("lower", 0.005),
     "ece": ("lower", 0.002),
     "ood_auroc": ("higher", 0.005),
-    "shift_accuracy": ("higher", 0.002),
+    "shift_accuracy": ("higher", 0.003),
 }
 NAMES = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "ood_auroc": "OOD AUROC"}
 NAMES["shift_accuracy"] = "accuracy under rotation"
@@ -114,20 +114,23 @@ def verdict(name: str, methods: dict[str, dict[str, Any]]) -> str:
     sentences = []
     if name != "map" and _number(tv) and tv < LIKE_MAP_TV:
         why = collapse_note(row)
+        what = "It" if name in BASELINES else "This posterior"
+        if _number(row.get("temperature")):
+            why = f"temperature T = {row['temperature']:.3g}"
         sentences.append(
-            f"This posterior predicts like MAP (mean total-variation distance {tv:.1e} to "
+            f"{what} predicts like MAP (mean total-variation distance {tv:.1e} to "
             f"MAP's test predictions){': ' + why if why else ''}."
         )
     elif name != "map" and "map" in methods:
         ref = methods["map"]
-        worse_fit = any(
-            _number(row.get(k)) and _number(ref.get(k)) and gain(k, row[k], ref[k]) < -margin
-            for k, margin in (("accuracy", HEADLINE["accuracy"][1]), ("nll", HEADLINE["nll"][1]))
-        )
-        if worse_fit and name not in BASELINES:
-            sentences.append(
-                "Worse than MAP in distribution: it underfits at this prior precision."
-            )
+        if (
+            name not in BASELINES
+            and _number(row.get("nll"))
+            and _number(ref.get("nll"))
+            and gain("nll", row["nll"], ref["nll"]) < -HEADLINE["nll"][1]
+        ):
+            at = " at this prior precision" if "prior_precision" in row else ""
+            sentences.append(f"Worse than MAP in distribution (higher NLL): it underfits{at}.")
         sentences.append(_upper(_sentence("MAP", row, ref)) + ".")
     best = best_baseline(methods)
     if best is not None and best != name:
