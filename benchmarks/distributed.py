@@ -16,6 +16,7 @@ so the two are equal). For the projected posterior the passes are the solver's; 
 (the fit: batch table, loss sum, the Nyström landmarks' factors and TSQR) is reported apart.
 
     .venv/bin/python benchmarks/distributed.py [--n-train 55000] [--repeats 3] [--solver nystrom] [--nystrom-rank 150]
+        [--fits kfac,projected]
 """
 
 from __future__ import annotations
@@ -42,28 +43,32 @@ from tacitbayes.models import build_model
 BATCH = 500
 
 
-def _fits(n_train: int, repeats: int, solver: str, rank: int) -> dict:
+def _fits(n_train: int, repeats: int, solver: str, rank: int, fits: tuple[str, ...]) -> dict:
     """Times and bytes of both fits on this rank (inside a process group, or alone)."""
     data = tb.data.load_dataset("fashion-mnist", ood=False)
     train = torch.utils.data.Subset(data.train, range(n_train))
     torch.manual_seed(0)
     model = build_model("mlp", data.input_shape, data.n_classes)
     loader = BatchLoader(train, BATCH)
-    out: dict = {"kfac_seconds": [], "projected_seconds": []}
+    out: dict = {f"{fit}_seconds": [] for fit in fits}
     for _ in range(repeats):
         if D.is_distributed():
             dist.barrier()
-        D.communicated_bytes(reset=True)
-        start = time.perf_counter()
-        tb.Laplace(model, "classification", structure="kron").fit(loader)
-        out["kfac_seconds"].append(time.perf_counter() - start)
-        out["kfac_bytes_per_pass"] = D.communicated_bytes(reset=True)
+        if "kfac" in fits:
+            D.communicated_bytes(reset=True)
+            start = time.perf_counter()
+            tb.Laplace(model, "classification", structure="kron").fit(loader)
+            out["kfac_seconds"].append(time.perf_counter() - start)
+            out["kfac_bytes_per_pass"] = D.communicated_bytes(reset=True)
+        if "projected" not in fits:
+            continue
         if D.is_distributed():
             dist.barrier()
         start = time.perf_counter()
         post = tb.ProjectedPosterior(
             model, "classification", solver=solver, max_iters=20, nystrom_rank=rank
         )
+        D.communicated_bytes(reset=True)
         post.fit(loader)
         out["projected_setup_bytes"] = D.communicated_bytes(reset=True)
         with warnings.catch_warnings():  # 20 iterations may stop above tol: same work, timed
@@ -77,29 +82,31 @@ def _fits(n_train: int, repeats: int, solver: str, rank: int) -> dict:
     return out
 
 
-def _worker(
-    rank: int, world: int, folder: str, n_train: int, repeats: int, solver: str, ny_rank: int
-) -> None:
+def _worker(rank: int, world: int, folder: str, args: argparse.Namespace, n_train: int) -> None:
     torch.set_num_threads(max(1, 2 // world))
     store = dist.FileStore(os.path.join(folder, "store"), world)
     dist.init_process_group(
         "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=600)
     )
     try:
-        torch.save(_fits(n_train, repeats, solver, ny_rank), os.path.join(folder, f"rank{rank}.pt"))
+        torch.save(_run_fits(args, n_train), os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def run(world: int, n_train: int, repeats: int, solver: str, ny_rank: int) -> dict:
+def _run_fits(args: argparse.Namespace, n_train: int) -> dict:
+    return _fits(n_train, args.repeats, args.solver, args.nystrom_rank, args.fits)
+
+
+def run(world: int, args: argparse.Namespace, n_train: int) -> dict:
     """The fits on ``world`` processes; seconds of the slowest rank, bytes of rank 0."""
     if world == 1:
         torch.set_num_threads(2)
-        return _fits(n_train, repeats, solver, ny_rank)
+        return _run_fits(args, n_train)
     with tempfile.TemporaryDirectory() as folder:
         ctx = mp.start_processes(
             _worker,
-            args=(world, folder, n_train, repeats, solver, ny_rank),
+            args=(world, folder, args, n_train),
             nprocs=world,
             join=False,
             start_method="spawn",
@@ -112,7 +119,8 @@ def run(world: int, n_train: int, repeats: int, solver: str, ny_rank: int) -> di
                 raise TimeoutError("the ranks did not finish in an hour")
         ranks = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world)]
     out = dict(ranks[0])
-    for key in ("kfac_seconds", "projected_seconds"):
+    for fit in args.fits:
+        key = f"{fit}_seconds"
         out[key] = [max(vals) for vals in zip(*(r[key] for r in ranks), strict=True)]
     return out
 
@@ -125,32 +133,25 @@ def main() -> None:
         "--solver", default="nystrom", choices=("auto", "nystrom", "krylov", "gram")
     )
     parser.add_argument("--nystrom-rank", type=int, default=150)
+    parser.add_argument(
+        "--fits",
+        type=lambda text: tuple(f for f in text.split(",") if f),
+        default=("kfac", "projected"),
+        help="comma-separated: kfac, projected",
+    )
     args = parser.parse_args()
-    results = {}
+    results: dict = {}
     for world in (1, 2):
-        full = run(world, args.n_train, args.repeats, args.solver, args.nystrom_rank)
-        half = (
-            run(world, args.n_train // 2, 1, args.solver, args.nystrom_rank) if world > 1 else None
-        )
-        entry = {
-            "kfac_seconds": statistics.median(full["kfac_seconds"]),
-            "projected_seconds": statistics.median(full["projected_seconds"]),
-            "projected_passes": full["projected_passes"],
-            "projected_solver": full["projected_solver"],
-        }
+        full = run(world, args, args.n_train)
+        half = run(world, replace_repeats(args), args.n_train // 2) if world > 1 else None
+        entry = {f"{fit}_seconds": statistics.median(full[f"{fit}_seconds"]) for fit in args.fits}
+        if "projected" in args.fits:
+            entry["projected_passes"] = full["projected_passes"]
+            entry["projected_solver"] = full["projected_solver"]
         if half is not None:
-            entry["kfac_bytes_per_pass"] = {
-                "n": full["kfac_bytes_per_pass"],
-                "n/2": half["kfac_bytes_per_pass"],
-            }
-            entry["projected_bytes_per_pass"] = {
-                "n": full["projected_bytes_per_pass"],
-                "n/2": half["projected_bytes_per_pass"],
-            }
-            entry["projected_setup_bytes"] = {
-                "n": full["projected_setup_bytes"],
-                "n/2": half["projected_setup_bytes"],
-            }
+            for key in ("kfac_bytes_per_pass", "projected_bytes_per_pass", "projected_setup_bytes"):
+                if key in full:
+                    entry[key] = {"n": full[key], "n/2": half[key]}
         results[f"{world}_process"] = entry
     one, two = results["1_process"], results["2_process"]
     print(
@@ -162,17 +163,22 @@ def main() -> None:
                 "batch": BATCH,
                 "results": results,
                 "speedup": {
-                    "kfac": one["kfac_seconds"] / two["kfac_seconds"],
-                    "projected": one["projected_seconds"] / two["projected_seconds"],
+                    fit: one[f"{fit}_seconds"] / two[f"{fit}_seconds"] for fit in args.fits
                 },
                 "communication_independent_of_n": {
-                    k: two[k]["n"] == two[k]["n/2"]
-                    for k in ("kfac_bytes_per_pass", "projected_bytes_per_pass")
+                    f"{fit}_bytes_per_pass": two[f"{fit}_bytes_per_pass"]["n"]
+                    == two[f"{fit}_bytes_per_pass"]["n/2"]
+                    for fit in args.fits
                 },
             },
             indent=2,
         )
     )
+
+
+def replace_repeats(args: argparse.Namespace) -> argparse.Namespace:
+    """The same settings with one repeat (the half-size run only measures bytes)."""
+    return argparse.Namespace(**{**vars(args), "repeats": 1})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import importlib
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 
 from tacitbayes import __version__
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _one_writer(args: argparse.Namespace) -> Iterator[None]:
-    """Under a process group: rank 0's output folder everywhere; other ranks silent, no bars."""
+    """Under a process group: rank 0's output folder everywhere; other ranks silent (no output,
+    warnings or bars)."""
     from tacitbayes import distributed as D
 
     if not D.is_distributed():
@@ -71,7 +73,12 @@ def _one_writer(args: argparse.Namespace) -> Iterator[None]:
         return
     if hasattr(args, "no_progress"):
         args.no_progress = True
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+    with (
+        open(os.devnull, "w") as null,
+        contextlib.redirect_stdout(null),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # rank 0 warns once for all (errors still print)
         yield
 
 
