@@ -6,7 +6,7 @@
    in one process, interleaved over ``--repeats`` rounds; medians. The headline
    (target: at most 1.3) is low rank on two layers: the last two layers at rank 2, the
    two-layer setting with the lowest validation NLL (``compare``'s IBVI uses the last
-   layer at rank 8, also reported; see ``experiments/method_ibvi.py``). An epoch is 422 such steps, so the ratio of
+   layer at rank 8, also reported; see ``experiments/compare/method_ibvi.py``). An epoch is 422 such steps, so the ratio of
    step times is the ratio of epoch times. Also reported for other variational layers
    / ranks and for LeNet, to show where the cost comes from: the update of a rank-R
    factor reads and writes R copies of its layer.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tacitbayes.cli import COMMANDS, build_parser
-from tacitbayes.experiments.catalog import METHODS
+from tacitbayes.experiments.compare.catalog import METHODS
 
 COMMAND_NAMES = ("compare", "linsys", "eos", "bound", "continual")
 HEAVY = ("torch", "sklearn", "matplotlib", "scipy")
@@ -143,6 +143,6 @@ def test_compare_help_lists_every_method() -> None:
 
 
 def test_catalog_matches_the_registry() -> None:
-    from tacitbayes.experiments.methods import available_methods
+    from tacitbayes.experiments.compare.registry import available_methods
 
     assert sorted(available_methods()) == sorted(METHODS)

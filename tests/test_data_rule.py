@@ -17,7 +17,7 @@ from tacitbayes.batches import (
 )
 from tacitbayes.data import load_dataset
 from tacitbayes.errors import InputError
-from tacitbayes.experiments.methods import FitContext
+from tacitbayes.experiments.compare.registry import FitContext
 from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.priors.training import train_with_prior
@@ -145,7 +145,7 @@ def test_train_ibvi_takes_a_dataloader(digits) -> None:
 
 
 def test_train_ivon_takes_a_loader_and_a_regression_loss(digits) -> None:
-    from tacitbayes.experiments.method_ivon import IvonSettings, train_ivon
+    from tacitbayes.experiments.compare.method_ivon import IvonSettings, train_ivon
 
     ctx = FitContext(
         model=nn.Identity(),

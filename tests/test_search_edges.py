@@ -15,9 +15,10 @@ from torch import nn
 
 from tacitbayes import calibration as temperature_module  # where sampled_nll is looked up
 from tacitbayes.errors import InputError
-from tacitbayes.experiments import bound, continual
-from tacitbayes.experiments import method_laplace as _imported_before_patching  # noqa: F401
-from tacitbayes.experiments.compare import CompareSettings, run_compare, search_notes
+from tacitbayes.experiments.bound import run as bound
+from tacitbayes.experiments.compare import method_laplace as _imported_before_patching  # noqa: F401
+from tacitbayes.experiments.compare.run import CompareSettings, run_compare, search_notes
+from tacitbayes.experiments.continual import run as continual
 from tacitbayes.posteriors import laplace_tuning, projected
 from tacitbayes.posteriors.laplace import Laplace
 from tacitbayes.posteriors.projected import ProjectedPosterior

@@ -30,11 +30,11 @@ from tacitbayes.experiments.cli_types import HelpFormatter, OneLineErrorParser
 # Each module defines add_subparser(sub), which adds its command and sets `run`; none of
 # them imports torch outside `run`.
 COMMANDS = (
-    "tacitbayes.experiments.compare_cli",
-    "tacitbayes.experiments.linsys_cli",
-    "tacitbayes.experiments.eos_cli",
-    "tacitbayes.experiments.bound_cli",
-    "tacitbayes.experiments.continual_cli",
+    "tacitbayes.experiments.compare.cli",
+    "tacitbayes.experiments.linsys.cli",
+    "tacitbayes.experiments.eos.cli",
+    "tacitbayes.experiments.bound.cli",
+    "tacitbayes.experiments.continual.cli",
 )
 
 

@@ -23,12 +23,12 @@ from tacitbayes.errors import InputError
 from tacitbayes.io import atomic_path
 from tacitbayes.metrics import reliability_bins
 
-__all__ = ["heatmap", "line_plot", "reliability_diagram"]
+__all__ = ["heatmap", "line_plot", "reliability_diagram", "save_figure"]
 
 _BIN_KEYS = ("confidence", "accuracy", "count")
 
 
-def _save_atomic(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: float | None = None) -> Path:
     """Render ``fig`` to ``path`` via a temporary file in the same directory and os.replace."""
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
@@ -36,7 +36,7 @@ def _save_atomic(fig: Figure, path: str | Path) -> Path:
     if fmt not in canvas.get_supported_filetypes():
         raise InputError(f"cannot save a plot as {path.suffix!r}; use e.g. .png, .pdf or .svg")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt)
+        fig.savefig(tmp, format=fmt, dpi=dpi)
     return path
 
 
@@ -140,7 +140,7 @@ def reliability_diagram(
     ax_hist.set_xlabel("confidence (max probability)")
     ax_hist.set_ylabel("fraction")
     ax_hist.grid(True, alpha=0.3)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def line_plot(
@@ -203,7 +203,7 @@ def line_plot(
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap(
@@ -261,4 +261,4 @@ def heatmap(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize="medium")
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)

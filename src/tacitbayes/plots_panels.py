@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tacitbayes.errors import InputError
-from tacitbayes.plots import _as_1d, _bins_for, _save_atomic
+from tacitbayes.plots import _as_1d, _bins_for, save_figure
 
 __all__ = ["histogram_grid", "metric_bars", "metric_panels", "reliability_grid"]
 
@@ -69,7 +69,7 @@ def reliability_grid(
             ax.set_ylabel("accuracy (bars: fraction)")
     if title:
         fig.suptitle(title)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def histogram_grid(
@@ -106,7 +106,7 @@ def histogram_grid(
     axes[0].legend(fontsize="small", loc="upper left")
     if title:
         fig.suptitle(title)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def metric_panels(
@@ -136,7 +136,7 @@ def metric_panels(
     fig.legend(handles, names, loc="outside right upper", fontsize="small")
     if title:
         fig.suptitle(title)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)
 
 
 def metric_bars(
@@ -169,4 +169,4 @@ def metric_bars(
         ax.grid(True, axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)
-    return _save_atomic(fig, path)
+    return save_figure(fig, path)

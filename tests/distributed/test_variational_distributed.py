@@ -159,8 +159,8 @@ def _toy() -> TensorDataset:
 
 
 def _train_ivon() -> dict:
-    from tacitbayes.experiments.method_ivon import IvonSettings, train_ivon
-    from tacitbayes.experiments.methods import FitContext
+    from tacitbayes.experiments.compare.method_ivon import IvonSettings, train_ivon
+    from tacitbayes.experiments.compare.registry import FitContext
     from tacitbayes.training import TrainConfig
 
     torch.set_default_dtype(DT)

@@ -23,9 +23,9 @@ from tacitbayes.dynamics.first_layer import (
     projection_summary,
 )
 from tacitbayes.errors import InputError, TacitBayesError, TrainingDivergedError
-from tacitbayes.experiments.linsys import PLOTS, LinsysSettings, run_linsys
-from tacitbayes.experiments.linsys_cli import add_subparser
-from tacitbayes.experiments.linsys_studies import sparse_problems
+from tacitbayes.experiments.linsys.cli import add_subparser
+from tacitbayes.experiments.linsys.run import PLOTS, LinsysSettings, run_linsys
+from tacitbayes.experiments.linsys.studies import sparse_problems
 from tacitbayes.models import build_model
 
 

@@ -10,9 +10,9 @@ import torch
 
 from tacitbayes.calibration import fit_logit_temperature
 from tacitbayes.data import load_dataset
-from tacitbayes.experiments import method_baselines
-from tacitbayes.experiments.compare import CompareSettings, run_compare
-from tacitbayes.experiments.methods import FitContext
+from tacitbayes.experiments.compare import method_baselines
+from tacitbayes.experiments.compare.registry import FitContext
+from tacitbayes.experiments.compare.run import CompareSettings, run_compare
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tacitbayes import cli
-from tacitbayes.experiments import bound_cli
-from tacitbayes.experiments.bound import FAMILIES, BoundSettings
+from tacitbayes.experiments.bound import cli as bound_cli
+from tacitbayes.experiments.bound.run import FAMILIES, BoundSettings
 from tacitbayes.experiments.cli_types import OneLineErrorParser
 
 pytestmark = pytest.mark.usefixtures("one_thread")

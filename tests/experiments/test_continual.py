@@ -12,7 +12,7 @@ from torch import nn
 from tacitbayes import cli
 from tacitbayes.data import load_dataset, split_tasks
 from tacitbayes.errors import InputError
-from tacitbayes.experiments.continual import (
+from tacitbayes.experiments.continual.run import (
     ContinualSettings,
     average_accuracy,
     backward_transfer,
@@ -20,7 +20,7 @@ from tacitbayes.experiments.continual import (
     seen_average,
     summarize,
 )
-from tacitbayes.experiments.continual_sequence import TaskView, local_labels
+from tacitbayes.experiments.continual.sequence import TaskView, local_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tacitbayes import cli
-from tacitbayes.experiments.eos import EosSettings, checks, run_specs, summarize
+from tacitbayes.experiments.eos.run import EosSettings, checks, run_specs, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tacitbayes.experiments import methods
-from tacitbayes.experiments.compare import CompareSettings, run_compare
+from tacitbayes.experiments.compare import registry as methods
+from tacitbayes.experiments.compare.run import CompareSettings, run_compare
 
-MODULE = "tacitbayes.experiments.method_ibvi"
+MODULE = "tacitbayes.experiments.compare.method_ibvi"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +61,7 @@ def test_ibvi_in_compare(tmp_path: Path, monkeypatch) -> None:
 
 def test_variational_layer_choices() -> None:
     from tacitbayes.errors import InputError
-    from tacitbayes.experiments.method_ibvi import variational_layers
+    from tacitbayes.experiments.compare.method_ibvi import variational_layers
     from tacitbayes.models import build_model
 
     model = build_model("mlp", (1, 8, 8), 10, width=16)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tacitbayes.cli import main
-from tacitbayes.experiments import methods
+from tacitbayes.experiments.compare import registry as methods
 
-MODULE = "tacitbayes.experiments.method_ivon"
+MODULE = "tacitbayes.experiments.compare.method_ivon"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,7 +49,7 @@ def test_compare_map_and_ivon(tmp_path: Path, capsys) -> None:
 
 def test_predictor_is_a_probability_average() -> None:
     from tacitbayes.data import load_dataset
-    from tacitbayes.experiments.method_ivon import IvonSettings, train_ivon
+    from tacitbayes.experiments.compare.method_ivon import IvonSettings, train_ivon
     from tacitbayes.training import TrainConfig
 
     data = load_dataset("digits", n_train=100, ood=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tacitbayes.experiments.compare import CompareSettings, run_compare
+from tacitbayes.experiments.compare.run import CompareSettings, run_compare
 
 
 def test_projected_methods_in_compare(tmp_path: Path) -> None:

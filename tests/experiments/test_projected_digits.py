@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tacitbayes.experiments.compare import CompareSettings, run_compare
+from tacitbayes.experiments.compare.run import CompareSettings, run_compare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tacitbayes.experiments.verdicts import best_baseline, collapse_note, verdict
+from tacitbayes.experiments.compare.verdicts import best_baseline, collapse_note, verdict
 
 MAP = {"accuracy": 0.95, "nll": 0.20, "ece": 0.030, "ood_auroc": 0.80, "map_distance": 0.0}
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tacitbayes.experiments import methods
-from tacitbayes.experiments.compare import CompareSettings, run_compare
+from tacitbayes.experiments.compare import registry as methods
+from tacitbayes.experiments.compare.run import CompareSettings, run_compare
 
 NAMES = ("laplace_diag", "laplace_kron", "laplace_last_layer")
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_laplace_methods_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    modules = (*methods.METHOD_MODULES, "tacitbayes.experiments.method_laplace")
+    modules = (*methods.METHOD_MODULES, "tacitbayes.experiments.compare.method_laplace")
     monkeypatch.setattr(methods, "METHOD_MODULES", tuple(dict.fromkeys(modules)))
     settings = CompareSettings(
         methods=("map", *NAMES),

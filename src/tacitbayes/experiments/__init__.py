@@ -1,1 +1,9 @@
-"""One module per CLI sub-command: thin wiring of the library into experiments and reports."""
+"""The CLI's experiments: one sub-package per sub-command, around shared modules.
+
+* ``compare``, ``eos``, ``bound``, ``continual``, ``linsys``: each has ``run`` (settings and
+  the experiment), ``cli`` (argparse wiring, torch-free at import) and, where it writes
+  one, ``report``;
+* shared by all: :mod:`reporting` (table cells, text and Markdown tables, report footer,
+  writing the outputs), :mod:`checks` (settings validation), :mod:`cli_types` (argparse
+  types and common options), :mod:`runtime` (threads, versions).
+"""

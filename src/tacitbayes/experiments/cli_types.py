@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from tacitbayes.device_names import check_device_name
@@ -132,16 +134,24 @@ def add_run_options(p: argparse.ArgumentParser, command: str, quick: bool = True
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run_option_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings keywords of the options :func:`add_run_options` added (``quick`` if it did)."""
-    values = {
-        "seed": args.seed,
-        "threads": args.threads,
-        "device": args.device,
-        "data_dir": args.data_dir,
-        "out": args.out,
-        "progress": not args.no_progress,
-    }
-    if hasattr(args, "quick"):
-        values["quick"] = args.quick
-    return values
+def settings_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """``cls(**values)`` for a settings dataclass: every field that has an option of that name.
+
+    ``progress`` is ``not --no-progress``; ``overrides`` replace or add values (options whose
+    names or types differ from the fields').
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if "progress" in names and hasattr(args, "no_progress"):
+        values["progress"] = not args.no_progress
+    return cls(**{**values, **overrides})
+
+
+def report_run(results: dict[str, Any], headline: str, table: str, files: Sequence[str]) -> int:
+    """Print a finished run: the headline, the table, any checks, the files written; exit status 0."""
+    print(headline)
+    print(table)
+    if results.get("checks"):
+        print("checks: " + ", ".join(f"{k}={v}" for k, v in results["checks"].items()))
+    print(f"wrote {results['out']}/results.json, report.md, {', '.join(files)}")
+    return 0

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from tacitbayes.data import DataBundle, load_dataset
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
-from tacitbayes.experiments.compare_report import format_table, search_notes, write_outputs
-from tacitbayes.experiments.evaluate import evaluate_predictor
-from tacitbayes.experiments.methods import FitContext, available_methods, get_method
+from tacitbayes.experiments.compare.evaluate import evaluate_predictor
+from tacitbayes.experiments.compare.registry import FitContext, available_methods, get_method
+from tacitbayes.experiments.compare.report import format_table, search_notes, write_outputs
+from tacitbayes.experiments.compare.verdicts import map_distance
 from tacitbayes.experiments.runtime import torch_threads, versions
-from tacitbayes.experiments.verdicts import map_distance
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
 

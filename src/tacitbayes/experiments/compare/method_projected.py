@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tacitbayes.data import BatchLoader
-from tacitbayes.experiments.methods import FitContext, register_method
+from tacitbayes.experiments.compare.registry import FitContext, register_method
 from tacitbayes.posteriors.projected import ProjectedPosterior
 from tacitbayes.search import edge_record
 

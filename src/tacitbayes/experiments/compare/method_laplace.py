@@ -32,7 +32,7 @@ from torch.utils.data import TensorDataset
 
 from tacitbayes.data import BatchLoader
 from tacitbayes.errors import InputError
-from tacitbayes.experiments.methods import FitContext, Predictor, register_method
+from tacitbayes.experiments.compare.registry import FitContext, Predictor, register_method
 from tacitbayes.posteriors.laplace import Laplace
 from tacitbayes.posteriors.laplace_tuning import predictive_nll
 from tacitbayes.posteriors.predictive import average_probabilities, sample_logits

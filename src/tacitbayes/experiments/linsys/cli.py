@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from tacitbayes.experiments.cli_types import add_device_option, positive_int
+from tacitbayes.experiments.cli_types import (
+    add_device_option,
+    positive_int,
+    report_run,
+    settings_from_args,
+)
 
 
 def add_subparser(sub: argparse._SubParsersAction) -> None:
@@ -30,20 +35,8 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_linsys(args: argparse.Namespace) -> int:
-    from tacitbayes.experiments.linsys import PLOTS, LinsysSettings, format_table, run_linsys
+    from tacitbayes.experiments.linsys.run import PLOTS, LinsysSettings, format_table, run_linsys
 
-    settings = LinsysSettings(
-        n=args.n,
-        d=args.d,
-        k=args.k,
-        trials=args.trials,
-        seed=args.seed,
-        quick=args.quick,
-        out=args.out,
-        progress=not args.no_progress,
-        device=args.device,
-    )
-    results = run_linsys(settings)
-    print(format_table(results))
-    print(f"wrote {results['out']}/results.json, report.md, {', '.join(PLOTS)}")
-    return 0
+    results = run_linsys(settings_from_args(LinsysSettings, args))
+    headline = "the implicit bias of initialization in underdetermined linear systems"
+    return report_run(results, headline, format_table(results), PLOTS)

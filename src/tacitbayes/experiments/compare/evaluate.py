@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from tacitbayes import metrics
 from tacitbayes.data import DataBundle, minibatches
-from tacitbayes.experiments.methods import Predictor
+from tacitbayes.experiments.compare.registry import Predictor
 
 
 def predict_dataset(

@@ -53,11 +53,11 @@ MethodFactory = Callable[[FitContext], Predictor]
 _REGISTRY: dict[str, MethodFactory] = {}
 # Modules whose import registers more methods (one module per method family).
 METHOD_MODULES: tuple[str, ...] = (
-    "tacitbayes.experiments.method_baselines",
-    "tacitbayes.experiments.method_projected",
-    "tacitbayes.experiments.method_laplace",
-    "tacitbayes.experiments.method_ibvi",
-    "tacitbayes.experiments.method_ivon",
+    "tacitbayes.experiments.compare.method_baselines",
+    "tacitbayes.experiments.compare.method_projected",
+    "tacitbayes.experiments.compare.method_laplace",
+    "tacitbayes.experiments.compare.method_ibvi",
+    "tacitbayes.experiments.compare.method_ivon",
 )
 
 

@@ -46,7 +46,7 @@ from tacitbayes.curvature import KFAC
 from tacitbayes.data import DATASETS, BatchLoader, load_dataset
 from tacitbayes.devices import check_device, dataset_to
 from tacitbayes.errors import InputError
-from tacitbayes.experiments.bound_report import write_outputs
+from tacitbayes.experiments.bound.report import write_outputs
 from tacitbayes.experiments.checks import (
     check_choice,
     check_fraction,

@@ -48,7 +48,7 @@ import torch
 
 from tacitbayes.devices import model_device
 from tacitbayes.errors import InputError
-from tacitbayes.experiments.methods import FitContext, Predictor, register_method
+from tacitbayes.experiments.compare.registry import FitContext, Predictor, register_method
 from tacitbayes.models import build_model
 from tacitbayes.variational import IBVIConfig, VariationalModel, fit_temperature, train_ibvi
 from tacitbayes.variational.parametrization import weight_layers

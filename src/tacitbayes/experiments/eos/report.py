@@ -8,9 +8,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from tacitbayes import plots
-from tacitbayes.experiments.reporting import cell, footer, text_table
+from tacitbayes.experiments.reporting import cell, footer, markdown_table, text_table
 from tacitbayes.experiments.reporting import write_outputs as write_files
-from tacitbayes.io import atomic_path
+from tacitbayes.plots import save_figure
 
 COLUMNS = (
     ("σ", "sigma", "{:g}"),
@@ -63,10 +63,7 @@ def sharpness_plot(results: dict[str, Any], path: str | Path) -> Path:
     )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _report(results: dict[str, Any]) -> str:
@@ -85,12 +82,15 @@ def _report(results: dict[str, Any]) -> str:
         "measured at each record; median over the same records. 'h_crit (ref. z)' uses the "
         "reference code's z = N_s‖∇L‖²/(Pσ²).",
         "",
-        "| run | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 1) + "|",
     ]
-    for name, row in results["runs"].items():
-        cells = " | ".join(_cell(row, key, fmt) for _, key, fmt in COLUMNS)
-        lines.append(f"| {name}{' (diverged)' if row['diverged'] else ''} | {cells} |")
+    rows = [
+        [
+            name + (" (diverged)" if row["diverged"] else ""),
+            *(_cell(row, k, f) for _, k, f in COLUMNS),
+        ]
+        for name, row in results["runs"].items()
+    ]
+    lines += markdown_table(["run", *(title for title, _, _ in COLUMNS)], rows)
     ivon = results["runs"].get("ivon")
     if ivon and ivon.get("final_preconditioned_sharpness") is not None:
         lines += [

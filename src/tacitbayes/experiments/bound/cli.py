@@ -10,7 +10,8 @@ from tacitbayes.experiments.cli_types import (
     positive_float,
     positive_floats,
     positive_int,
-    run_option_values,
+    report_run,
+    settings_from_args,
 )
 
 
@@ -95,39 +96,13 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bound(args: argparse.Namespace) -> int:
-    from tacitbayes.experiments.bound import BoundSettings, run_bound
-    from tacitbayes.experiments.bound_report import format_table
+    from tacitbayes.experiments.bound.report import format_table
+    from tacitbayes.experiments.bound.run import BoundSettings, run_bound
 
-    settings = BoundSettings(
-        dataset=args.dataset,
-        model=args.model,
-        width=args.width,
-        depth=args.depth,
-        activation=args.activation,
-        source_classes=args.source_classes,
-        target_classes=args.target_classes,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        delta=args.delta,
-        kind=args.kind,
-        mc_samples=args.mc_samples,
-        selection_size=args.selection_size,
-        alphas=args.alphas,
-        betas=args.betas,
-        taus=args.taus,
-        lambdas=args.lambdas,
-        n_train=args.n_train,
-        **run_option_values(args),
-    )
-    results = run_bound(settings)
-    print(
+    results = run_bound(settings_from_args(BoundSettings, args))
+    headline = (
         f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters): "
         f"classes {results['source_classes']} → {results['target_classes']}, "
         f"{results['n_target']} target examples, δ = {results['delta']}"
     )
-    print(format_table(results))
-    print("checks: " + ", ".join(f"{k}={v}" for k, v in results["checks"].items()))
-    print(f"wrote {results['out']}/results.json, report.md, bounds.png")
-    return 0
+    return report_run(results, headline, format_table(results), ["bounds.png"])

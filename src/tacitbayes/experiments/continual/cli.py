@@ -10,7 +10,8 @@ from tacitbayes.experiments.cli_types import (
     positive_float,
     positive_floats,
     positive_int,
-    run_option_values,
+    report_run,
+    settings_from_args,
 )
 
 
@@ -92,39 +93,18 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_continual(args: argparse.Namespace) -> int:
-    from tacitbayes.experiments.continual import ContinualSettings, run_continual
-    from tacitbayes.experiments.continual_report import format_table
+    from tacitbayes.experiments.continual.report import format_table
+    from tacitbayes.experiments.continual.run import ContinualSettings, run_continual
 
-    settings = ContinualSettings(
-        dataset=args.dataset,
-        sequence=args.sequence,
-        scenario=args.scenario,
-        model=args.model,
-        width=args.width,
-        depth=args.depth,
-        activation=args.activation,
-        methods=tuple(args.methods),
-        groups=args.groups,
-        angles=args.angles,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        strengths=args.strengths,
-        delta=args.delta,
-        diagonal_curvature=args.diagonal_curvature,
-        n_train=args.n_train,
-        **run_option_values(args),
+    results = run_continual(
+        settings_from_args(ContinualSettings, args, methods=tuple(args.methods))
     )
-    results = run_continual(settings)
     scenario = f"{results['scenario']}-incremental"
     if results["sequence"] == "rotated":
         scenario = "domain-incremental (every task has every class)"
-    print(
+    headline = (
         f"{results['sequence']} {results['dataset']}, {scenario}, {len(results['tasks'])} tasks, "
         f"{results['model']} ({results['n_params']:,} parameters)"
     )
-    print(format_table(results))
-    print(
-        f"wrote {results['out']}/results.json, report.md, accuracy_<method>.png, seen_average.png"
-    )
-    return 0
+    files = ["accuracy_<method>.png", "seen_average.png"]
+    return report_run(results, headline, format_table(results), files)

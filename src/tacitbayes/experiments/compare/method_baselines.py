@@ -21,7 +21,12 @@ from typing import Any
 import torch
 
 from tacitbayes.calibration import fit_logit_temperature
-from tacitbayes.experiments.methods import FitContext, NetworkPredictor, Predictor, register_method
+from tacitbayes.experiments.compare.registry import (
+    FitContext,
+    NetworkPredictor,
+    Predictor,
+    register_method,
+)
 from tacitbayes.models import build_model
 from tacitbayes.training import train_map
 

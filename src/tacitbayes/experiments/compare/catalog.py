@@ -1,6 +1,6 @@
 """The methods of ``tacitbayes compare`` and what each one is, without importing them.
 
-``METHODS`` names every method the registry (:mod:`tacitbayes.experiments.methods`) holds,
+``METHODS`` names every method the registry (:mod:`tacitbayes.experiments.compare.registry`) holds,
 with a one-line description, in the order ``compare --help`` lists them. The registry
 imports each method's module (and so torch); this catalog imports nothing, so the help
 answers at once. A test checks that the two name the same methods.

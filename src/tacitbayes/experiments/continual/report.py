@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tacitbayes import plots
-from tacitbayes.experiments.reporting import cell, footer, text_table
+from tacitbayes.experiments.reporting import cell, footer, markdown_table, text_table
 from tacitbayes.experiments.reporting import write_outputs as write_files
 from tacitbayes.search import edge_messages
 
@@ -68,12 +68,12 @@ def _report(results: dict[str, Any]) -> str:
         "Average accuracy: mean test accuracy over all tasks after the last one. Forgetting: mean "
         "over tasks i < T of max_{i≤j<T} R[i, j] − R[i, T]. BWT: mean of R[i, T] − R[i, i].",
         "",
-        "| method | " + " | ".join(title for title, _, _ in COLUMNS) + " | curvature |",
-        "|---" * (len(COLUMNS) + 2) + "|",
     ]
-    for name, row in results["methods"].items():
-        cells = " | ".join(cell(row[k], f) for _, k, f in COLUMNS)
-        lines.append(f"| {name} | {cells} | {row['curvature'] or '-'} |")
+    rows = [
+        [name, *(cell(row[k], f) for _, k, f in COLUMNS), row["curvature"] or "-"]
+        for name, row in results["methods"].items()
+    ]
+    lines += markdown_table(["method", *(title for title, _, _ in COLUMNS), "curvature"], rows)
     for name, row in results["methods"].items():
         lines += ["", f"## {name}", ""]
         if row["strength"] is not None:

@@ -44,7 +44,7 @@ from tacitbayes.experiments.checks import (
     check_positive_ints,
     check_positive_numbers,
 )
-from tacitbayes.experiments.eos_report import write_outputs
+from tacitbayes.experiments.eos.report import write_outputs
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model

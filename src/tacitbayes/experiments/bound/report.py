@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from tacitbayes.experiments.reporting import footer, text_table
 from tacitbayes.experiments.reporting import write_outputs as write_files
-from tacitbayes.io import atomic_path
+from tacitbayes.plots import save_figure
 from tacitbayes.search import edge_messages
 
 COLUMNS = (
@@ -62,10 +62,7 @@ def bound_plot(results: dict[str, Any], path: str | Path) -> Path:
     )
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _report(results: dict[str, Any]) -> str:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from tacitbayes.experiments.catalog import methods_epilog
-from tacitbayes.experiments.cli_types import add_device_option, positive_int
+from tacitbayes.experiments.cli_types import (
+    add_device_option,
+    positive_int,
+    report_run,
+    settings_from_args,
+)
+from tacitbayes.experiments.compare.catalog import methods_epilog
 
 
 def add_subparser(sub: argparse._SubParsersAction) -> None:
@@ -53,45 +58,17 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from tacitbayes.experiments.compare import (
-        CompareSettings,
-        format_table,
-        run_compare,
-        search_notes,
-    )
-    from tacitbayes.experiments.compare_report import PLOTS
+    from tacitbayes.experiments.compare.report import PLOTS, format_table, search_notes
+    from tacitbayes.experiments.compare.run import CompareSettings, run_compare
 
-    options = {
-        k: getattr(args, k)
-        for k in ("width", "depth", "activation")
-        if getattr(args, k) is not None
-    }
-    settings = CompareSettings(
-        dataset=args.dataset,
-        model=args.model,
+    options = {k: getattr(args, k) for k in ("width", "depth", "activation")}
+    settings = settings_from_args(
+        CompareSettings,
+        args,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        n_samples=args.n_samples,
-        n_train=args.n_train,
-        model_options=options,
-        data_dir=args.data_dir,
-        ood_data_dir=args.ood_data_dir,
-        checkpoint=args.checkpoint,
-        resume=args.resume,
-        out=args.out,
-        progress=not args.no_progress,
-        threads=args.threads,
-        device=args.device,
+        model_options={k: v for k, v in options.items() if v is not None},
     )
     results = run_compare(settings)
-    print(f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters)")
-    print(format_table(results))
-    for line in search_notes(results):
-        print(line)
-    print(f"wrote {results['out']}/results.json, report.md, {', '.join(PLOTS)}")
-    return 0
+    headline = f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters)"
+    table = "\n".join([format_table(results), *search_notes(results)])
+    return report_run(results, headline, table, PLOTS)

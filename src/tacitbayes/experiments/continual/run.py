@@ -1,7 +1,7 @@
 """``tacitbayes continual``: a task sequence with posterior-as-prior (docs/methods.md §4).
 
 A single shared MLP with 10 outputs learns the tasks in order with each method of
-:mod:`tacitbayes.experiments.continual_sequence` (``finetune``, ``diagonal``, ``kronecker``);
+:mod:`tacitbayes.experiments.continual.sequence` (``finetune``, ``diagonal``, ``kronecker``);
 every method uses the same initialization, optimizer, epochs, batches and shuffles.
 
 Sequences: ``split`` (default: 5 tasks of 2 classes, (0,1), (2,3), …, (8,9), or ``groups``)
@@ -37,8 +37,8 @@ from tacitbayes.data import Task, load_dataset, rotated_tasks, split_tasks
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.checks import check_choice, check_positive_ints, check_positive_numbers
-from tacitbayes.experiments.continual_report import write_outputs
-from tacitbayes.experiments.continual_sequence import DIAGONAL_CURVATURES, METHODS, run_sequence
+from tacitbayes.experiments.continual.report import write_outputs
+from tacitbayes.experiments.continual.sequence import DIAGONAL_CURVATURES, METHODS, run_sequence
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.models import build_model
 from tacitbayes.search import check_grid_edge

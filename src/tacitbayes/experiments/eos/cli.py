@@ -10,7 +10,8 @@ from tacitbayes.experiments.cli_types import (
     positive_floats,
     positive_int,
     positive_ints,
-    run_option_values,
+    report_run,
+    settings_from_args,
 )
 
 
@@ -59,33 +60,12 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eos(args: argparse.Namespace) -> int:
-    from tacitbayes.experiments.eos import EosSettings, run_eos
-    from tacitbayes.experiments.eos_report import format_table
+    from tacitbayes.experiments.eos.report import format_table
+    from tacitbayes.experiments.eos.run import EosSettings, run_eos
 
-    settings = EosSettings(
-        dataset=args.dataset,
-        model=args.model,
-        width=args.width,
-        depth=args.depth,
-        activation=args.activation,
-        n_train=args.n_train,
-        lr=args.lr,
-        steps=args.steps,
-        record_every=args.record_every,
-        sigmas=args.sigmas,
-        n_samples=args.n_samples,
-        ivon=not args.no_ivon,
-        ivon_lr=args.ivon_lr,
-        ivon_hess_init=args.ivon_hess_init,
-        tail=args.tail,
-        **run_option_values(args),
-    )
-    results = run_eos(settings)
-    print(
+    results = run_eos(settings_from_args(EosSettings, args, ivon=not args.no_ivon))
+    headline = (
         f"{results['dataset']} / {results['model']} ({results['n_params']:,} parameters), "
         f"ρ = {results['lr']:g}, 2/ρ = {results['gd_threshold']:.3g}"
     )
-    print(format_table(results))
-    print("checks: " + ", ".join(f"{k}={v}" for k, v in results["checks"].items()))
-    print(f"wrote {results['out']}/results.json, report.md, sharpness.png, loss.png")
-    return 0
+    return report_run(results, headline, format_table(results), ["sharpness.png", "loss.png"])

@@ -1,13 +1,13 @@
 """``tacitbayes linsys``: the implicit bias of initialization in underdetermined linear systems.
 
-Four studies (docs/methods.md §5; see :mod:`tacitbayes.experiments.linsys_studies`):
+Four studies (docs/methods.md §5; see :mod:`tacitbayes.experiments.linsys.studies`):
 (1) depth-1 GD against its closed form y₀ + A⁺(b − Ay₀); (2) distance of the reached
 solution to the min-ℓ₁ and min-ℓ₂ solutions across init scale and depth; (3) the
 sparse-recovery phase transition; (4) whether a trained MLP's first layer ends at the
 minimum-distance-to-init solution of its linearized problem. Writes results.json,
 report.md and PNG plots into ``--out``. The studies run single-threaded: their tensors
 are small, and thread hand-offs cost more than they save. The command line is wired in
-:mod:`tacitbayes.experiments.linsys_cli`.
+:mod:`tacitbayes.experiments.linsys.cli`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
-from tacitbayes.experiments import linsys_studies as studies
+from tacitbayes.experiments.linsys import studies
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.io import write_json, write_text
 

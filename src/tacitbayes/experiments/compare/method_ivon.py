@@ -44,7 +44,7 @@ from tacitbayes.batches import (
 )
 from tacitbayes.devices import model_dtype
 from tacitbayes.errors import TrainingDivergedError
-from tacitbayes.experiments.methods import FitContext, Predictor, register_method
+from tacitbayes.experiments.compare.registry import FitContext, Predictor, register_method
 from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON

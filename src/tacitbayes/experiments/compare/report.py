@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from tacitbayes import plots_panels
+from tacitbayes.experiments.compare.verdicts import HEADLINE, best_baseline, verdict
 from tacitbayes.experiments.reporting import cell, footer, markdown_table, text_table
 from tacitbayes.experiments.reporting import write_outputs as write_files
-from tacitbayes.experiments.verdicts import HEADLINE, best_baseline, verdict
 from tacitbayes.search import edge_messages
 
 __all__ = ["PLOTS", "format_table", "search_notes", "write_outputs"]

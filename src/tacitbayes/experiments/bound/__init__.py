@@ -1,0 +1,1 @@
+"""``tacitbayes bound``: PAC-Bayes bounds with learned Kronecker priors (run, cli, report)."""

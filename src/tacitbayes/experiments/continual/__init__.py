@@ -1,0 +1,1 @@
+"""``tacitbayes continual``: continual learning with Laplace and learned priors (run, sequence, cli, report)."""
