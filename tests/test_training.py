@@ -68,7 +68,7 @@ def test_resume_continues_exactly(digits, tmp_path: Path) -> None:
     stopper = _StopAfter(epochs=2)
     with pytest.raises(KeyboardInterrupt):
         train_map(stopper.wrap(interrupted), digits.train, _config(), checkpoint=short)
-    assert torch.load(short, weights_only=False)["epoch"] == 2
+    assert torch.load(short, weights_only=True)["epoch"] == 2
     resumed = _model(seed=123)  # weights come from the checkpoint, not from this init
     result = train_map(resumed, digits.train, _config(), checkpoint=short, resume=True)
     assert result.resumed_from == 2 and result.epochs_run == 2 and len(result.history) == 4
@@ -118,7 +118,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path: 
     ckpt = tmp_path / "map.pt"
     with pytest.raises(TrainingDivergedError, match="non-finite training loss at epoch 2"):
         train_map(model, digits.train, _config(), checkpoint=ckpt)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert [p.name for p in tmp_path.iterdir()] == ["map.pt"]  # no temporary file left
@@ -154,7 +154,7 @@ def _train_on(device: str, digits, checkpoint: Path) -> nn.Module:
     model = _model().double()  # float32 inputs are cast to the model's dtype
     result = train_map(model, digits.train, _config(epochs=2), checkpoint=checkpoint, device=device)
     assert len(result.history) == 2 and all(p.device.type == device for p in model.parameters())
-    state = torch.load(checkpoint, weights_only=False)  # loadable without map_location
+    state = torch.load(checkpoint, weights_only=True)  # loadable without map_location
     assert all(t.device.type == "cpu" for t in state["model"].values())
     resumed = _model(seed=1).double()
     train_map(

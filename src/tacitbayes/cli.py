@@ -1,6 +1,9 @@
 """The ``tacitbayes`` command line: one sub-command per experiment.
 
-Bad input never shows a traceback: a one-line message on stderr and exit status 2.
+Bad input never shows a traceback: a one-line message on stderr and exit status 2 (a
+failure of the user's input or environment: bad values, unusable paths or data, out of
+memory, a NaN loss); a bug in tacitbayes prints one line "internal error" and exits 1.
+``--debug`` (before or after the sub-command) shows the traceback instead.
 
 Parsing imports no torch: ``--help``, ``--version`` and usage errors answer at once; each
 sub-command's ``run`` imports what it needs. Every option's help shows its default.
@@ -24,7 +27,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 from tacitbayes import __version__
-from tacitbayes.errors import TacitBayesError
+from tacitbayes.cli_errors import describe
 from tacitbayes.experiments.cli_types import HelpFormatter, OneLineErrorParser
 
 # Each module defines add_subparser(sub), which adds its command and sets `run`; none of
@@ -36,6 +39,7 @@ COMMANDS = (
     "tacitbayes.experiments.bound.cli",
     "tacitbayes.experiments.continual.cli",
 )
+DEBUG_HELP = "show the traceback of a failure instead of a one-line message"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tacitbayes {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(
         dest="command",
         metavar="<command>",
@@ -53,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for module in COMMANDS:
         importlib.import_module(module).add_subparser(sub)
+    for command in sub.choices.values():  # also after the sub-command; never resets it
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
     return parser
 
 
@@ -100,14 +109,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.device = device
             with _one_writer(args):
                 return int(args.run(args))
-    except TacitBayesError as exc:
-        several = D.launched() and os.environ["WORLD_SIZE"] != "1"
-        where = f"rank {os.environ['RANK']}: " if several else ""
-        print(f"tacitbayes: error: {where}{exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print("tacitbayes: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        code, message = describe(exc)
+        several = D.launched() and os.environ["WORLD_SIZE"] != "1"
+        where = f"rank {os.environ['RANK']}: " if several else ""
+        kind, _, text = message.partition(": ")
+        print(f"tacitbayes: {kind}: {where}{text}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -21,3 +21,7 @@ class DataError(TacitBayesError, ValueError):
 
 class TrainingDivergedError(TacitBayesError, RuntimeError):
     """Training met a non-finite loss; the last good checkpoint is kept."""
+
+
+class NotFittedError(InputError):
+    """A method that needs a fitted posterior was called before ``fit`` (or ``load_state_dict``)."""

@@ -43,6 +43,7 @@ from tacitbayes.batches import (
     n_batches,
     slice_inputs,
 )
+from tacitbayes.checkpoints import check_resumable, load_checkpoint, training_checkpoint
 from tacitbayes.devices import check_device, model_device, model_dtype, to_cpu
 from tacitbayes.errors import InputError, TrainingDivergedError
 from tacitbayes.functional import eval_mode
@@ -219,19 +220,24 @@ def minibatch_epoch(
 
 
 def _load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
 ) -> dict[str, Any]:
+    """Load a training checkpoint into ``model`` and ``optimizer`` (tensors and plain values only)."""
     error: Exception | None = None
     state: dict[str, Any] = {}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
+        check_resumable(state, model, asdict(config), path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+    except InputError as exc:
         error = exc
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        error = InputError(f"cannot resume from checkpoint {path}: {exc}")
     if not D.all_ranks_ok(error is None):  # every rank reads it; all fail together
-        why = error if error is not None else "unreadable on another rank"
-        raise InputError(f"cannot resume from checkpoint {path}: {why}") from error
+        if error is None:
+            error = InputError(f"cannot resume from checkpoint {path}: unreadable on another rank")
+        raise error
     return state
 
 
@@ -332,8 +338,10 @@ def train_map(
     start = 0
     if resume:
         if checkpoint is None or not D.all_ranks_ok(Path(checkpoint).is_file()):
-            raise InputError(f"cannot resume: checkpoint {checkpoint} not found")
-        state = _load_checkpoint(Path(checkpoint), model, optimizer)
+            raise InputError(
+                f"cannot resume: checkpoint {checkpoint} not found; train without resume first"
+            )
+        state = _load_checkpoint(Path(checkpoint), model, optimizer, config)
         start = result.resumed_from = int(state["epoch"])
         result.history = list(state.get("history", []))
     parallel = D.is_distributed()
@@ -381,15 +389,13 @@ def train_map(
         result.epochs_run += 1
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
         if checkpoint is not None:
-            save_torch(
-                {
-                    "model": to_cpu(model.state_dict()),
-                    "optimizer": to_cpu(optimizer.state_dict()),
-                    "epoch": epoch + 1,
-                    "config": asdict(config),
-                    "history": result.history,
-                },
-                checkpoint,
+            state = training_checkpoint(
+                to_cpu(model.state_dict()),
+                to_cpu(optimizer.state_dict()),
+                asdict(config),
+                epoch + 1,
+                result.history,
             )
+            save_torch(state, checkpoint)
     model.eval()
     return result

@@ -84,10 +84,10 @@ def test_checkpoint_written_once_and_resumed(tmp_path: Path) -> None:
     checkpoint = str(folder / "map.pt")
     run_ranks(_train, tmp_path / "a", args=(2, "adam", checkpoint, False))
     assert sorted(p.name for p in folder.iterdir()) == ["map.pt"]  # rank 1 wrote nothing
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
     r0, r1 = run_ranks(_train, tmp_path / "b", args=(4, "adam", checkpoint, True))
     assert r0["history"] == r1["history"] and len(r0["history"]) == 4
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 4
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 4
     single = str(tmp_path / "single.pt")  # the same two calls in one process
     _train(0, 1, 2, "adam", single, False)
     _close(r0, _train(0, 1, 4, "adam", single, True), 1e-10)

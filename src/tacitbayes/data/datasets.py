@@ -13,7 +13,7 @@ from tacitbayes.batches import BatchLoader, minibatches  # noqa: F401  (tacitbay
 from tacitbayes.data import sources
 from tacitbayes.data.shifts import rotate
 from tacitbayes.devices import dataset_to
-from tacitbayes.errors import DataError, InputError
+from tacitbayes.errors import InputError
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
 OOD_PAIRS = {"digits": "photo-patches", "fashion-mnist": "mnist", "mnist": "fashion-mnist"}
@@ -122,8 +122,8 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise DataError(f"data directory {data_dir} does not exist")
+    if data_dir is not None:
+        sources.require_directory(data_dir, "data directory")
     trx, try_, tex, tey = _raw_arrays(name, data_dir)
     if val_size is None:
         val_size = min(len(trx) // 10, 5000)

@@ -71,6 +71,15 @@ def read_idx_pair(directory: Path, split: str, source: str, hint: str) -> Arrays
     return _check(images, read_idx(paths["labels"]), f"{source} ({paths['images']})")
 
 
+def require_directory(directory: str | Path, what: str, hint: str = "") -> Path:
+    """``directory`` as a Path; DataError saying it does not exist or is not a directory."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return directory
+    why = "is not a directory" if directory.exists() else "does not exist"
+    raise DataError(f"{what} {directory} {why}{'; ' + hint if hint else ''}")
+
+
 def digits() -> Arrays:
     """scikit-learn's bundled 8x8 digits (1,797 images), intensities 0..16 scaled to [0, 1]."""
     from sklearn.datasets import load_digits
@@ -82,10 +91,7 @@ def digits() -> Arrays:
 def fashion_mnist(data_dir: str | Path | None = None) -> tuple[Arrays, Arrays]:
     """Fashion-MNIST (train, test) from IDX files; default: the Debian package's directory."""
     directory = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
-    if not directory.is_dir():
-        raise DataError(
-            f"fashion-mnist: data directory {directory} does not exist; {FASHION_MNIST_HINT}"
-        )
+    require_directory(directory, "fashion-mnist: data directory", FASHION_MNIST_HINT)
     return (
         read_idx_pair(directory, "train", "fashion-mnist", FASHION_MNIST_HINT),
         read_idx_pair(directory, "test", "fashion-mnist", FASHION_MNIST_HINT),
@@ -124,6 +130,8 @@ def _read_npm_digits(directory: Path) -> Arrays:
 
 def mnist(data_dir: str | Path | None = None) -> Arrays:
     """MNIST digits: the IDX test set if present, else the 10,000 digits of the npm package."""
+    if data_dir is not None:
+        require_directory(data_dir, "mnist: data directory", MNIST_HINT)
     for directory in _mnist_candidates(data_dir):
         if find_idx(directory, IDX_NAMES["test_images"]) is not None:
             return read_idx_pair(directory, "test", "mnist", MNIST_HINT)

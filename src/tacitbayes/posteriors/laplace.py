@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, n_examples, peek_batch
 from tacitbayes.distributed import all_gather_cat, is_distributed, presharded, shard
-from tacitbayes.errors import InputError
+from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel, flatten, last_layer_names, layer_names
 from tacitbayes.posteriors.glm import glm_predictive
 from tacitbayes.posteriors.glm_factored import factored_glm_predictive
@@ -85,8 +85,10 @@ def _trace_last_layer(model: nn.Module, loader: Iterable[Any]) -> tuple[list[str
         raise InputError("train_loader holds no batch")
     names = [None if first is None else last_layer_names(model, first.inputs)]
     dist.broadcast_object_list(names, src=holders[0])
-    assert names[0] is not None
-    return names[0], presharded(rest)
+    traced = names[0]
+    if traced is None:  # rank holders[0] traced it: only a failed broadcast gets here
+        raise RuntimeError("the traced last layer did not reach every rank")
+    return traced, presharded(rest)
 
 
 def _check_sigma(value: object) -> float:
@@ -239,10 +241,25 @@ class Laplace:
         return d.expand(len(self.groups)) if d.ndim == 0 else d
 
     def _require_fit(self) -> None:
-        if self._curv is None:
-            raise InputError(
+        """Raise NotFittedError unless fit (or load_state_dict) has run."""
+        if self._curv is None or self.mean is None or self.loss_sum is None:
+            raise NotFittedError(
                 "call fit(train_loader) (or load_state_dict) before using the posterior"
             )
+
+    def _fitted_mean(self) -> Tensor:
+        """θ* of the fit; NotFittedError before fit."""
+        self._require_fit()
+        if self.mean is None:  # narrowed for the type checker; _require_fit checked it
+            raise NotFittedError("the posterior has no mean; call fit(train_loader)")
+        return self.mean
+
+    def _fitted_loss(self) -> Tensor:
+        """L(θ*) of the fit; NotFittedError before fit."""
+        self._require_fit()
+        if self.loss_sum is None:
+            raise NotFittedError("the posterior has no training loss; call fit(train_loader)")
+        return self.loss_sum
 
     # ---- fitting -------------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Any], n_data: int | None = None) -> Laplace:
@@ -276,14 +293,11 @@ class Laplace:
     # ---- evidence ------------------------------------------------------------------------
     def log_likelihood(self, sigma_noise: float | None = None) -> Tensor:
         """log p(D | θ*): −L(θ*), or −L(θ*)/σ² − (N·O/2) log 2πσ² for regression."""
-        self._require_fit()
-        assert self.loss_sum is not None
+        loss_sum = self._fitted_loss()
         if self.likelihood != "regression":
-            return -self.loss_sum
+            return -loss_sum
         var = (self.sigma_noise if sigma_noise is None else _check_sigma(sigma_noise)) ** 2
-        return -self.loss_sum / var - 0.5 * self.n_data * self.n_outputs * math.log(
-            2 * math.pi * var
-        )
+        return -loss_sum / var - 0.5 * self.n_data * self.n_outputs * math.log(2 * math.pi * var)
 
     def log_marginal_likelihood(
         self, prior_precision: float | Tensor | None = None, sigma_noise: float | None = None
@@ -294,7 +308,6 @@ class Laplace:
         The log-determinant is summed in float64, so the value is a float64 0-d tensor.
         """
         self._require_fit()
-        assert self.mean is not None
         if sigma_noise is not None and self.likelihood != "regression":
             raise InputError("sigma_noise applies to likelihood='regression' only")
         sigma = self.sigma_noise if sigma_noise is None else _check_sigma(sigma_noise)
@@ -306,8 +319,7 @@ class Laplace:
             self._curv.scale = saved
 
     def _log_evidence(self, delta: Tensor, sigma: float) -> Tensor:
-        assert self.mean is not None
-        chunks = self.mean.split(self._group_sizes.tolist())
+        chunks = self._fitted_mean().split(self._group_sizes.tolist())
         sq = torch.stack([c.square().sum() for c in chunks]).to(self.dtype)
         sizes = self._group_sizes.to(device=self.device, dtype=self.dtype)
         return (
@@ -384,8 +396,7 @@ class Laplace:
 
     # ---- posterior -----------------------------------------------------------------------
     def _check_mean(self) -> None:
-        assert self.mean is not None
-        if not torch.equal(flatten(self._fmodel.params()), self.mean):
+        if not torch.equal(flatten(self._fmodel.params()), self._fitted_mean()):
             raise InputError("the model's weights changed since fit(); refit the posterior")
 
     def sample_deltas(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
@@ -403,8 +414,7 @@ class Laplace:
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Weight samples θ* + δθ of the covered parameters, shape (n_samples, P)."""
         deltas = self.sample_deltas(n_samples, generator)
-        assert self.mean is not None
-        return self.mean + deltas
+        return self._fitted_mean() + deltas
 
     def posterior_variance(self) -> Tensor:
         """diag (sH + diag δ)⁻¹, shape (P,), in flat parameter order."""
@@ -491,8 +501,7 @@ class Laplace:
     # ---- persistence ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything ``load_state_dict`` needs to reproduce the fitted posterior exactly."""
-        self._require_fit()
-        assert self.mean is not None and self.loss_sum is not None
+        mean, loss_sum = self._fitted_mean(), self._fitted_loss()
         return {
             "likelihood": self.likelihood,
             "structure": self.structure,
@@ -500,10 +509,10 @@ class Laplace:
             "sigma_noise": self.sigma_noise,
             "seed": self.seed,
             "prior_precision": self._prior.detach().clone(),
-            "mean": self.mean.clone(),
+            "mean": mean.clone(),
             "n_data": self.n_data,
             "n_outputs": self.n_outputs,
-            "loss_sum": self.loss_sum.clone(),
+            "loss_sum": loss_sum.clone(),
             "curvature": self._curv.state(),
         }
 

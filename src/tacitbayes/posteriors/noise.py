@@ -19,6 +19,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
+from tacitbayes.errors import NotFittedError
 from tacitbayes.posteriors.laplace_protocol import TunableLaplace
 from tacitbayes.posteriors.laplace_tuning import tune_marglik
 from tacitbayes.search import check_grid_edge
@@ -55,7 +56,8 @@ def tune_marglik_noise(
 ) -> tuple[Tensor, float, dict[str, Any]]:
     """(δ, σ) maximising the Laplace evidence jointly, by coordinate ascent from σ_ML, and the
     edge record of the σ search (:func:`tacitbayes.search.check_grid_edge`)."""
-    assert la.loss_sum is not None
+    if la.loss_sum is None:
+        raise NotFittedError("call fit(train_loader) before tuning the observation noise")
     lower = maximum_likelihood_sigma(float(la.loss_sum), la.n_data * la.n_outputs)
     delta = la.prior_precision
     for _ in range(MAX_ROUNDS):

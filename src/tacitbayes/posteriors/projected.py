@@ -55,7 +55,7 @@ from tacitbayes.curvature.ntk import (
     ntk_gram,
 )
 from tacitbayes.distributed import is_distributed
-from tacitbayes.errors import InputError
+from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.posteriors.kernel_projection import (
     GramSolver,
@@ -92,6 +92,7 @@ LIKELIHOODS = {
     "regression": "mse",
 }
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for the solver's kernel matrices
+NOT_FITTED = "call fit(train_loader) (or load_state_dict with samples) before using the posterior"
 
 
 class _Pairs:
@@ -289,7 +290,7 @@ class ProjectedPosterior:
     def n_params(self) -> int:
         """Number of parameters the posterior covers."""
         if self._theta is None:
-            raise InputError("call fit(train_loader) first")
+            raise NotFittedError(NOT_FITTED)
         return int(self._theta.numel())
 
     @property
@@ -299,7 +300,7 @@ class ProjectedPosterior:
 
     def _fitted(self) -> DataJacobian:
         if self._jac is None:
-            raise InputError("call fit(train_loader) first")
+            raise NotFittedError(NOT_FITTED)
         return self._jac
 
     def project(self, V: Tensor) -> tuple[Tensor, ProjectionInfo]:
@@ -320,7 +321,7 @@ class ProjectedPosterior:
             )
         if self.solver_used == "alternating":
             if self._small_jac is None or self._inverses is None:
-                raise InputError("call fit(train_loader) first")
+                raise NotFittedError(NOT_FITTED)
             return alternating_projection(
                 self._small_jac, V, self._inverses, self.n_sweeps, tol=self.tol, check_every=10
             )
@@ -333,7 +334,7 @@ class ProjectedPosterior:
         have = self._projected.shape[1] if self._projected.ndim == 2 else 0
         if n_samples > have:
             if self._jac is None:
-                raise InputError("call fit(train_loader) first, or load a state_dict with samples")
+                raise NotFittedError(NOT_FITTED)
             jac = self._jac
             gen = torch.Generator().manual_seed(self.seed * 7919 + have)
             eps = torch.randn(jac.shape[1], n_samples - have, generator=gen, dtype=jac.dtype)
@@ -360,7 +361,7 @@ class ProjectedPosterior:
         """Flat weight samples θ* + α^{-1/2} 𝒫ε, shape (n_samples, P)."""
         deltas = self.projected_noise(n_samples).T / math.sqrt(self.prior_precision)
         if self._theta is None:
-            raise InputError("call fit(train_loader) first")
+            raise NotFittedError(NOT_FITTED)
         return self._theta + deltas
 
     def sample_outputs(self, x: Inputs, n_samples: int = 32, linearized: bool = True) -> Tensor:
@@ -390,10 +391,10 @@ class ProjectedPosterior:
         """σ² of the regression likelihood: given, or estimated by :meth:`estimate_sigma_noise`."""
         if self.likelihood != "regression":
             raise InputError("the observation noise applies to likelihood='regression' only")
-        if self.sigma_noise is None:
-            self.estimate_sigma_noise(n_samples)
-        assert self.sigma_noise is not None
-        return self.sigma_noise**2
+        sigma = self.sigma_noise
+        if sigma is None:
+            sigma = self.estimate_sigma_noise(n_samples)
+        return sigma**2
 
     def estimate_sigma_noise(self, n_samples: int = 32) -> float:
         """σ² = ‖y − f(θ*)‖²/(N·O − rank J), rank J = P − tr 𝒫 (Hutchinson): the evidence's fixed point.
@@ -477,7 +478,7 @@ class ProjectedPosterior:
         """α* = r/‖θ*‖², r = P − tr 𝒫: the maximiser of −(α/2)‖θ*‖² + (r/2) log α."""
         rank = max(self.n_params - self.trace_projector(n_samples), 1.0)
         if self._theta is None:
-            raise InputError("call fit(train_loader) first")
+            raise NotFittedError(NOT_FITTED)
         self.evidence_precision = rank / float(self._theta.pow(2).sum())
         return self.evidence_precision
 

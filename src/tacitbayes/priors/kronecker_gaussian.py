@@ -332,7 +332,8 @@ class KroneckerGaussian:
             delta = w - self._means[name].to(w)
             value = _quadratic(self._factors(name, w.dtype), delta)
             total = value if total is None else total + value
-        assert total is not None
+        if total is None:
+            raise InputError("the prior covers no layer of this model")
         return 0.5 * total / self.tau
 
     # ---- vectors and samples ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from tacitbayes.curvature.kfac import KFAC
-from tacitbayes.errors import InputError
+from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.linalg import KroneckerProduct, KroneckerProductSum
 from tacitbayes.posteriors import Laplace
 from tacitbayes.priors.kronecker_gaussian import KroneckerGaussian, ParameterLayout
@@ -157,7 +157,8 @@ class KroneckerPrior(KroneckerGaussian):
         if not isinstance(la_source, Laplace) or la_source.structure != "kron":
             raise InputError("from_laplace needs a fitted tacitbayes Laplace with structure='kron'")
         curv = la_source.curvature
-        assert la_source.mean is not None
+        if la_source.mean is None:
+            raise NotFittedError("from_laplace needs a fitted Laplace: call la_source.fit first")
         layout = ParameterLayout(la_source.model, la_source.param_names)
         prior = la_source.prior_precision.detach()
         deltas = {

@@ -35,7 +35,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +53,7 @@ from tacitbayes.experiments.checks import (
     check_positive_numbers,
 )
 from tacitbayes.experiments.runtime import torch_threads, versions
+from tacitbayes.io import check_output_dir
 from tacitbayes.models import build_model
 from tacitbayes.posteriors import Laplace
 from tacitbayes.priors import (
@@ -388,13 +388,13 @@ def run_bound(settings: BoundSettings) -> dict[str, Any]:
 def _run(s: BoundSettings) -> dict[str, Any]:
     start = time.perf_counter()
     device = check_device(s.device)
+    out = check_output_dir(s.out or f"runs/bound-{time.strftime('%Y%m%d-%H%M%S')}")
     data = load_dataset(s.dataset, s.data_dir, n_train=s.n_train, seed=s.seed, ood=False)
     source, target, source_test, test = (
         dataset_to(_task(split, classes, what), device)
         for split, what in ((data.train, "training"), (data.test, "test"))
         for classes in (s.source_classes, s.target_classes)
     )
-    out = Path(s.out or f"runs/bound-{time.strftime('%Y%m%d-%H%M%S')}")
     torch.manual_seed(s.seed)
     net = _build(s, data.input_shape, len(s.source_classes))
     train_map(net, source, _config(s, s.weight_decay), device=device)

@@ -9,12 +9,12 @@ __all__ = ["CompareSettings", "format_table", "run_compare", "search_notes"]
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from tacitbayes.checkpoints import load_checkpoint, model_weights
 from tacitbayes.data import DataBundle, load_dataset
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
@@ -23,6 +23,7 @@ from tacitbayes.experiments.compare.registry import FitContext, available_method
 from tacitbayes.experiments.compare.report import format_table, search_notes, write_outputs
 from tacitbayes.experiments.compare.verdicts import map_distance
 from tacitbayes.experiments.runtime import torch_threads, versions
+from tacitbayes.io import check_output_dir
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
 
@@ -69,14 +70,11 @@ class CompareSettings:
 
 
 def _load_weights(model: torch.nn.Module, path: str) -> None:
-    if not Path(path).is_file():
-        raise InputError(f"checkpoint {path} not found")
+    """Load MAP weights (a training checkpoint or a state dict; tensors only) into ``model``."""
+    weights = model_weights(load_checkpoint(path), model, path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(
-            state["model"] if isinstance(state, dict) and "model" in state else state
-        )
-    except (RuntimeError, KeyError, ValueError, OSError, TypeError) as exc:
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError) as exc:
         raise InputError(f"checkpoint {path} does not fit this model: {exc}") from exc
 
 
@@ -124,9 +122,12 @@ def run_compare(settings: CompareSettings) -> dict[str, Any]:
 
 def _run(settings: CompareSettings) -> dict[str, Any]:
     device = check_device(settings.device)
+    out = check_output_dir(settings.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    if settings.resume and settings.checkpoint is None and not (out / "map.pt").is_file():
+        raise InputError(
+            f"cannot resume: checkpoint {out / 'map.pt'} not found; run without --resume first"
+        )
     data, model, config, factories = _prepare(settings, device)
-    out = Path(settings.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
     train_seconds = step_seconds = 0.0
     history: list[dict[str, float]] = []
     if settings.checkpoint is None:

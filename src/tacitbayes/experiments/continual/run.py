@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from tacitbayes.experiments.checks import check_choice, check_positive_ints, che
 from tacitbayes.experiments.continual.report import write_outputs
 from tacitbayes.experiments.continual.sequence import DIAGONAL_CURVATURES, METHODS, run_sequence
 from tacitbayes.experiments.runtime import torch_threads, versions
+from tacitbayes.io import check_output_dir
 from tacitbayes.models import build_model
 from tacitbayes.search import check_grid_edge
 from tacitbayes.training import TrainConfig
@@ -253,13 +253,13 @@ def run_continual(settings: ContinualSettings) -> dict[str, Any]:
 
 
 def _run(s: ContinualSettings) -> dict[str, Any]:
+    out = check_output_dir(s.out or f"runs/continual-{time.strftime('%Y%m%d-%H%M%S')}")
     tasks = build_tasks(s)
     torch.manual_seed(s.seed)
     init = build_model(
         s.model, tasks[0].train.tensors[0].shape[1:], N_CLASSES,
         width=s.width, depth=s.depth, activation=s.activation,
     )  # fmt: skip
-    out = Path(s.out or f"runs/continual-{time.strftime('%Y%m%d-%H%M%S')}")
     methods = {}
     for method in s.methods:
         start = time.perf_counter()

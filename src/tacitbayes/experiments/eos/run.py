@@ -23,7 +23,6 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +45,7 @@ from tacitbayes.experiments.checks import (
 )
 from tacitbayes.experiments.eos.report import write_outputs
 from tacitbayes.experiments.runtime import torch_threads, versions
+from tacitbayes.io import check_output_dir
 from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON, VariationalGD
@@ -319,13 +319,12 @@ def run_eos(settings: EosSettings) -> dict[str, Any]:
 
 def _run(s: EosSettings) -> dict[str, Any]:
     device = check_device(s.device)
+    out = check_output_dir(s.out or f"runs/eos-{time.strftime('%Y%m%d-%H%M%S')}")
     data = load_dataset(s.dataset, s.data_dir, n_train=s.n_train, seed=s.seed, ood=False)
     data = data.to(device)
     x, y = data.train.tensors
     torch.manual_seed(s.seed)
     init = build_model(s.model, data.input_shape, data.n_classes, **_model_options(s))
-    out = Path(s.out or f"runs/eos-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, Any]] = {}
     for spec in run_specs(s):
         model = build_model(s.model, data.input_shape, data.n_classes, **_model_options(s))

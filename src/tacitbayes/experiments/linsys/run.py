@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.linsys import studies
 from tacitbayes.experiments.runtime import torch_threads, versions
-from tacitbayes.io import write_json, write_text
+from tacitbayes.io import check_output_dir, write_json, write_text
 
 PLOTS = (
     "closed_form.png",
@@ -104,8 +103,7 @@ def run_linsys(settings: LinsysSettings) -> dict[str, Any]:
     """Run the four studies, write results.json, report.md and the plots into ``out``."""
     size, grid = settings.sizes(), settings.grids()
     device = check_device(settings.device)
-    out = Path(settings.out or f"runs/linsys-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(settings.out or f"runs/linsys-{time.strftime('%Y%m%d-%H%M%S')}")
     seed, progress = settings.seed, settings.progress
     n, d, k = size["n"], size["d"], size["k"]
     seconds: dict[str, float] = {}
