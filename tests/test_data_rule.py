@@ -16,10 +16,11 @@ from tacitbayes.batches import (
     n_batches,
 )
 from tacitbayes.data import load_dataset
-from tacitbayes.errors import InputError
+from tacitbayes.errors import DataError, InputError
 from tacitbayes.experiments.compare.registry import FitContext
 from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
+from tacitbayes.posteriors import Laplace
 from tacitbayes.priors.training import train_with_prior
 from tacitbayes.training import TrainConfig, epoch_batches, evaluate_accuracy, train_map
 from tacitbayes.variational import IBVIConfig, VariationalModel, train_ibvi
@@ -205,3 +206,14 @@ def test_posterior_fits_take_a_dataset_like_its_loader(digits) -> None:
     p = ProjectedPosterior(model, "classification").fit(digits.train)
     q = ProjectedPosterior(model, "classification").fit(loader)
     torch.testing.assert_close(p.predict(x, n_samples=4), q.predict(x, n_samples=4))
+
+
+def test_a_nan_batch_mid_fit_is_a_clear_error_naming_the_batch() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    loader = [(torch.randn(5, 3), torch.randint(0, 2, (5,))) for _ in range(3)]
+    loader[1][0][2, 1] = float("nan")
+    with pytest.raises(DataError, match=r"batch 1: the batch's inputs hold 1 NaN or infinite"):
+        Laplace(model, "classification", "kron").fit(loader)
+    loader[1][0][2, 1] = 0.0
+    Laplace(model, "classification", "kron").fit(loader)  # finite again: fits

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from tacitbayes.errors import InputError
+from tacitbayes.errors import DataError, InputError
 
 __all__ = [
     "Batch",
@@ -137,7 +137,17 @@ def read_batch(
             f"inputs with {n} examples and targets of shape {tuple(y.shape)} do not have the "
             "same number of examples"
         )
+    _check_finite(x, y)
     return Batch(x, y)
+
+
+def _check_finite(inputs: Inputs, target: Tensor) -> None:
+    """DataError if a floating input or target holds NaN or ±inf (it would poison every sum)."""
+    named = [("inputs", t) for t in _tensors(inputs)] + [("targets", target)]
+    for what, t in named:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise DataError(f"the batch's {what} hold {bad} NaN or infinite values")
 
 
 def check_loader(data: Any, what: str = "data") -> Iterable[Any]:
@@ -229,8 +239,12 @@ def iter_batches(
     data: Iterable[Any], device: torch.device | str, dtype: torch.dtype | None = None
 ) -> Iterator[Batch]:
     """Every batch of ``data`` read by :func:`read_batch` and moved by :func:`to_model`."""
-    for batch in data:
-        yield to_model(read_batch(batch), device, dtype)
+    for i, batch in enumerate(data):
+        try:
+            read = read_batch(batch)
+        except DataError as exc:
+            raise DataError(f"batch {i}: {exc}") from None
+        yield to_model(read, device, dtype)
 
 
 def model_output(out: Any) -> Tensor:
