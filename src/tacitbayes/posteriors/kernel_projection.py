@@ -47,6 +47,7 @@ from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
 from tacitbayes.distributed import all_gather_cat, all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.linalg import cg
+from tacitbayes.linalg.cholesky import jittered_cholesky
 from tacitbayes.posteriors.null_space import ProjectionInfo
 
 __all__ = [
@@ -249,9 +250,7 @@ class NystromPreconditioner:
         self, columns: Tensor, core: Tensor, rel_cutoff: float = 1e-8, sharded: bool = False
     ) -> None:
         columns, core = columns.to(torch.float64), core.to(torch.float64)
-        shifted = core.clone()
-        shifted.diagonal().add_(JITTER * float(core.diagonal().mean().clamp_min(1e-300)))
-        chol = torch.linalg.cholesky(shifted)
+        chol = jittered_cholesky(core, "the Nyström core K[S, S]", jitter=JITTER)
         B = torch.linalg.solve_triangular(chol, columns.T, upper=False).T  # C L⁻ᵀ
         U, s = _left_singular(B, sharded)
         values = s.square()

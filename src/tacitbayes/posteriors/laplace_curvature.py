@@ -46,6 +46,7 @@ from tacitbayes.curvature.columns import dense_ggn_pass, diagonal_ggn_pass
 from tacitbayes.curvature.layers import split_layers
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
+from tacitbayes.linalg.cholesky import jittered_cholesky
 from tacitbayes.posteriors.glm_factored import LayerCovariance
 
 __all__ = [
@@ -337,12 +338,7 @@ class DenseCurvature(_Scaled):
         key = float(delta[0])
         if self._chol is None or self._chol[0] != key:
             eye = torch.eye(self.hessian.shape[0], dtype=self.hessian.dtype, device=delta.device)
-            L, info = torch.linalg.cholesky_ex(self.scale * self.hessian + key * eye)
-            if int(info) != 0:
-                raise InputError(
-                    f"sH + δI is not numerically positive definite at δ = {key:g}; "
-                    "use a larger prior precision or float64"
-                )
+            L = jittered_cholesky(self.scale * self.hessian + key * eye, f"sH + δI at δ = {key:g}")
             self._chol = (key, L)
         return self._chol[1]
 
