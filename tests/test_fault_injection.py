@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from tacitbayes.io import PROBE_PREFIX, TMP_SUFFIX
@@ -90,7 +89,6 @@ def _leftovers(out: Path) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
