@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -9,12 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from tacitbayes.checkpoints import FORMAT, VERSION, load_checkpoint
+from tacitbayes.checkpoints import FORMAT, VERSION, EpochCheckpoints, load_checkpoint
 from tacitbayes.cli import main
 from tacitbayes.data import load_dataset
 from tacitbayes.errors import InputError
+from tacitbayes.experiments.compare.method_ivon import IvonSettings, train_ivon
+from tacitbayes.experiments.compare.registry import FitContext
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
+from tacitbayes.variational import IBVIConfig, VariationalModel, train_ibvi
 
 
 class _WritesAFile:
@@ -164,3 +168,84 @@ def test_compare_checkpoint_of_another_width_is_one_line(tmp_path: Path, capsys)
     argv = ["compare", "--methods", "map", "--width", "32", "--no-progress"]
     argv += ["--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]
     _one_line_exit_2(argv, capsys, "does not fit this model")
+
+
+class _Crash(Exception):
+    """Stands for a kill right after a checkpoint was written."""
+
+
+def _crash_after(monkeypatch, epoch: int) -> None:
+    """Make EpochCheckpoints.save raise once it has written the state after ``epoch``."""
+    save = EpochCheckpoints.save
+
+    def save_then_crash(self, model, optimizer, done, history):
+        save(self, model, optimizer, done, history)
+        if done == epoch:
+            raise _Crash
+
+    monkeypatch.setattr(EpochCheckpoints, "save", save_then_crash)
+
+
+def _vnet() -> VariationalModel:
+    return VariationalModel(_model(), init=True, layers=["5"], rank=4)
+
+
+def test_ibvi_resumed_after_a_crash_ends_with_the_uninterrupted_weights(
+    digits, tmp_path: Path, monkeypatch
+) -> None:
+    config = IBVIConfig(epochs=4, optimizer="adam", lr=1e-3, progress=False)
+    reference = _vnet()
+    full = train_ibvi(reference, digits.train, config, checkpoint=tmp_path / "full.pt")
+    _crash_after(monkeypatch, 2)
+    with pytest.raises(_Crash):
+        train_ibvi(_vnet(), digits.train, config, checkpoint=tmp_path / "ibvi.pt")
+    monkeypatch.undo()
+    resumed = _vnet()
+    result = train_ibvi(resumed, digits.train, config, checkpoint=tmp_path / "ibvi.pt", resume=True)
+    assert result.resumed_from == 2 and result.history == full.history
+    for (name, a), b in zip(
+        reference.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert a == b if name.endswith("_extra_state") else torch.equal(a, b), name
+    with pytest.raises(InputError, match="lr was 0.001 there but is 0.01 now"):
+        train_ibvi(
+            _vnet(),
+            digits.train,
+            dataclasses.replace(config, lr=0.01),
+            checkpoint=tmp_path / "ibvi.pt",
+            resume=True,
+        )
+    with pytest.raises(InputError, match="holds a 'tacitbayes-ibvi-training' checkpoint"):
+        train_map(_model(), digits.train, _config(), checkpoint=tmp_path / "ibvi.pt", resume=True)
+
+
+def test_ivon_resumed_after_a_crash_ends_with_the_uninterrupted_weights_and_noise(
+    digits, tmp_path: Path, monkeypatch
+) -> None:
+    bundle = load_dataset("digits", ood=False, n_train=200)
+    ctx = FitContext(
+        model=_model(),
+        data=bundle,
+        train_config=_config(epochs=4),
+        model_name="mlp",
+        model_options={"width": 16},
+        progress=False,
+    )
+    model, opt, info = train_ivon(ctx, checkpoint=tmp_path / "full.pt")
+    _crash_after(monkeypatch, 3)
+    with pytest.raises(_Crash):
+        train_ivon(ctx, checkpoint=tmp_path / "ivon.pt")
+    monkeypatch.undo()
+    resumed, resumed_opt, resumed_info = train_ivon(
+        ctx, checkpoint=tmp_path / "ivon.pt", resume=True
+    )
+    for a, b in zip(model.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.generator.get_state(), resumed_opt.generator.get_state())
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        for key, value in opt.state[p].items():
+            other = resumed_opt.state[q][key]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
+    assert resumed_info["train_loss"] == info["train_loss"]
+    with pytest.raises(InputError, match="hess_init was 1.0 there but is 0.5 now"):
+        train_ivon(ctx, IvonSettings(hess_init=0.5), checkpoint=tmp_path / "ivon.pt", resume=True)

@@ -43,11 +43,10 @@ from tacitbayes.batches import (
     n_batches,
     slice_inputs,
 )
-from tacitbayes.checkpoints import check_resumable, load_checkpoint, training_checkpoint
-from tacitbayes.devices import check_device, model_device, model_dtype, to_cpu
+from tacitbayes.checkpoints import EpochCheckpoints
+from tacitbayes.devices import check_device, model_device, model_dtype
 from tacitbayes.errors import InputError, TrainingDivergedError
 from tacitbayes.functional import eval_mode
-from tacitbayes.io import save_torch
 from tacitbayes.likelihoods import LOSSES, mean_loss
 from tacitbayes.optim.sync import broadcast_tensors_
 
@@ -219,28 +218,6 @@ def minibatch_epoch(
     return total / max(count, 1)
 
 
-def _load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> dict[str, Any]:
-    """Load a training checkpoint into ``model`` and ``optimizer`` (tensors and plain values only)."""
-    error: Exception | None = None
-    state: dict[str, Any] = {}
-    try:
-        state = load_checkpoint(path)
-        check_resumable(state, model, asdict(config), path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except InputError as exc:
-        error = exc
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        error = InputError(f"cannot resume from checkpoint {path}: {exc}")
-    if not D.all_ranks_ok(error is None):  # every rank reads it; all fail together
-        if error is None:
-            error = InputError(f"cannot resume from checkpoint {path}: unreadable on another rank")
-        raise error
-    return state
-
-
 def _sliced_loss(model: nn.Module, loss: str) -> Callable[[Inputs, Tensor], Tensor]:
     """(n_r/B) ℓ̄_r: this rank's slice mean loss weighted so that Σ_ranks is the global mean."""
 
@@ -335,15 +312,11 @@ def train_map(
     dtype = model_dtype(model)
     optimizer = make_optimizer(model, config)
     result = TrainResult()
+    saves = EpochCheckpoints(checkpoint, "map", asdict(config))
     start = 0
     if resume:
-        if checkpoint is None or not D.all_ranks_ok(Path(checkpoint).is_file()):
-            raise InputError(
-                f"cannot resume: checkpoint {checkpoint} not found; train without resume first"
-            )
-        state = _load_checkpoint(Path(checkpoint), model, optimizer, config)
-        start = result.resumed_from = int(state["epoch"])
-        result.history = list(state.get("history", []))
+        start, result.history = saves.restore(model, optimizer)
+        result.resumed_from = start
     parallel = D.is_distributed()
     if parallel:
         broadcast_tensors_(
@@ -388,14 +361,6 @@ def train_map(
         result.history.append(record)
         result.epochs_run += 1
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-        if checkpoint is not None:
-            state = training_checkpoint(
-                to_cpu(model.state_dict()),
-                to_cpu(optimizer.state_dict()),
-                asdict(config),
-                epoch + 1,
-                result.history,
-            )
-            save_torch(state, checkpoint)
+        saves.save(model, optimizer, epoch + 1, result.history)
     model.eval()
     return result

@@ -19,7 +19,8 @@ statistics are per slice, and dropout masks are drawn per slice from the shared 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from tacitbayes import distributed as D
 from tacitbayes.batches import as_loader, iter_batches, n_batches, n_examples, slice_inputs
+from tacitbayes.checkpoints import EpochCheckpoints
 from tacitbayes.devices import model_device, model_dtype
 from tacitbayes.errors import InputError, TrainingDivergedError
 from tacitbayes.likelihoods import LOSSES
@@ -43,6 +45,18 @@ from tacitbayes.variational.model import VariationalModel
 __all__ = ["IBVIConfig", "IBVIResult", "train_ibvi"]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+# Settings that define IBVI's optimisation path: a resumed run must use the same ones.
+RESUME_SETTINGS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "n_samples",
+    "loss",
+    "schedule",
+    "seed",
+)
 
 
 @dataclass
@@ -84,9 +98,10 @@ class IBVIConfig:
 
 @dataclass
 class IBVIResult:
-    """Per-epoch history of IBVI training."""
+    """Per-epoch history of IBVI training, and the epoch a resumed run started from."""
 
     history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
 
 
 def make_optimizer(vnet: VariationalModel, config: IBVIConfig) -> torch.optim.Optimizer:
@@ -116,6 +131,8 @@ def train_ibvi(
     config: IBVIConfig | None = None,
     *,
     val_set: Any | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> IBVIResult:
     """Minimise the MC expected loss (1/N) Σ_n E_q ℓ(y_n, f(w, x_n)) by minibatch steps; no KL.
 
@@ -125,6 +142,9 @@ def train_ibvi(
     (dropout fires, BatchNorm uses batch statistics and updates its running statistics);
     the validation loss and accuracy of the mean network are taken in eval mode, and the
     caller's train/eval flags of ``vnet`` and every submodule are restored at the end.
+    With ``checkpoint`` the state (μ, S, the optimizer, the history) is saved atomically
+    after every epoch; with ``resume`` training continues from that file and, as every
+    epoch reseeds its noise from (seed, epoch), ends with the uninterrupted run's weights.
     """
     config = config or IBVIConfig()
     config.validate()
@@ -133,11 +153,15 @@ def train_ibvi(
     )
     val_loader = None if val_set is None else as_loader(val_set, EVAL_BATCH, what="val_set")
     optimizer = make_optimizer(vnet, config)
+    saves = EpochCheckpoints(checkpoint, "ibvi", asdict(config), RESUME_SETTINGS)
+    result = IBVIResult()
+    if resume:
+        result.resumed_from, result.history = saves.restore(vnet, optimizer)
     S.broadcast_tensors_([*vnet.parameters(), *vnet.buffers()])  # rank 0's weights (W > 1)
     flags = [(m, m.training) for m in vnet.modules()]
     vnet.train()
     try:
-        return _train_epochs(vnet, loader, config, optimizer, val_loader)
+        return _train_epochs(vnet, loader, config, optimizer, val_loader, result, saves)
     finally:
         for m, flag in flags:
             m.training = flag
@@ -149,14 +173,15 @@ def _train_epochs(
     config: IBVIConfig,
     optimizer: torch.optim.Optimizer,
     val_loader: Any | None,
+    result: IBVIResult,
+    saves: EpochCheckpoints,
 ) -> IBVIResult:
-    """The epoch loop of :func:`train_ibvi` (``vnet`` already in train mode)."""
+    """The epoch loop of :func:`train_ibvi` (``vnet`` already in train mode), from ``result.resumed_from``."""
     device, dtype = model_device(vnet), model_dtype(vnet)
     steps_per_epoch = n_batches(loader)
     total_steps = steps_per_epoch * config.epochs
-    result = IBVIResult()
     bar = tqdm(
-        range(config.epochs),
+        range(result.resumed_from, config.epochs),
         desc="train IBVI",
         disable=not (config.progress and D.is_main()) or None,
         leave=False,
@@ -180,6 +205,7 @@ def _train_epochs(
             metrics = mean_metrics(vnet, val_loader, config.loss)
             record |= {f"val_{k}_mean": v for k, v in metrics.items()}
         result.history.append(record)
+        saves.save(vnet, optimizer, epoch + 1, result.history)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
     return result
 

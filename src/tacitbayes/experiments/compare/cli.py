@@ -47,7 +47,12 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="directory with the data set's IDX files")
     p.add_argument("--ood-data-dir", help="directory with the OOD data set's files")
     p.add_argument("--checkpoint", help="load trained MAP weights instead of training")
-    p.add_argument("--resume", action="store_true", help="continue training from OUT/map.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: MAP training from OUT/map.pt, IBVI and IVON "
+        "training from OUT/ibvi.pt and OUT/ivon.pt where present",
+    )
     p.add_argument("--out", help="output directory (default runs/compare-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(

@@ -8,7 +8,8 @@
   MAP's settings from M seeds (initialisation and shuffling): the run's MAP network is
   member 0, members 1..M−1 are trained here with seeds seed + 1000·m. Predictions
   average the members' softmax (Lakshminarayanan et al. 2017); the members' logits
-  are the samples of the mutual-information and variance OOD scores.
+  are the samples of the mutual-information and variance OOD scores. In a compare run
+  member m keeps its training checkpoint in ``OUT/ensemble-m.pt`` (``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -94,7 +95,16 @@ def fit_ensemble(ctx: FitContext) -> Predictor:
             ctx.model_name, ctx.data.input_shape, ctx.data.n_classes, **ctx.model_options
         ).to(ctx.device)
         config = dataclasses.replace(copy.copy(ctx.train_config), seed=seed)
-        train_map(model, ctx.data.train, config, val_set=ctx.data.val, device=ctx.device)
+        checkpoint, resume = ctx.training_checkpoint(f"ensemble-{m}")
+        train_map(
+            model,
+            ctx.data.train,
+            config,
+            val_set=ctx.data.val,
+            device=ctx.device,
+            checkpoint=checkpoint,
+            resume=resume,
+        )
         model.eval()
         members.append(model)
     info = {

@@ -132,7 +132,8 @@ def fit_ibvi(ctx: FitContext) -> Predictor:
         progress=ctx.progress,
     )
     start = time.perf_counter()
-    result = train_ibvi(vnet, ctx.data.train, config)
+    checkpoint, resume = ctx.training_checkpoint("ibvi")
+    result = train_ibvi(vnet, ctx.data.train, config, checkpoint=checkpoint, resume=resume)
     train_seconds = time.perf_counter() - start
     temperature = 1.0
     if s.temperature and len(ctx.data.val):

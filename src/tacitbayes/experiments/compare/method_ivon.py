@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,12 +37,12 @@ from tacitbayes.batches import (
     call_model,
     count_examples,
     iter_batches,
-    loader_for_epoch,
     minibatches,
     n_batches,
     n_examples,
     slice_inputs,
 )
+from tacitbayes.checkpoints import EpochCheckpoints
 from tacitbayes.devices import model_dtype
 from tacitbayes.errors import TrainingDivergedError
 from tacitbayes.experiments.compare.registry import FitContext, Predictor, register_method
@@ -49,7 +50,7 @@ from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON
 from tacitbayes.optim.sync import rank_rows
-from tacitbayes.training import make_optimizer, scheduled_lr
+from tacitbayes.training import epoch_batches, make_optimizer, scheduled_lr
 
 
 @dataclass
@@ -65,6 +66,16 @@ class IvonSettings:
     rescale_lr: bool = True
     ess: float | None = None
 
+
+# Settings that define IVON's optimisation path: a resumed run must use the same ones.
+RESUME_SETTINGS = (
+    *(name for name in IvonSettings.__dataclass_fields__ if name != "ess"),
+    "ess",
+    "batch_size",
+    "loss",
+    "schedule",
+    "seed",
+)
 
 # Chosen on the validation split (784/64-512-512-10 MLP, compare's default epochs and batch
 # size): digits (1,294 images) needs h₀ = 1 (σ₀ = 1/√(N h₀) ≈ 0.028; h₀ = 0.1 underfits);
@@ -140,12 +151,20 @@ def _map_step_seconds(ctx: FitContext, data, steps: int) -> tuple[float, float]:
 
 
 def train_ivon(
-    ctx: FitContext, settings: IvonSettings | None = None, train_data: Any = None
+    ctx: FitContext,
+    settings: IvonSettings | None = None,
+    train_data: Any = None,
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[nn.Module, IVON, dict]:
     """Train a fresh copy of the architecture with IVON; return (model at the mean, optimizer, info).
 
     ``train_data`` (default ``ctx.data.train``) follows the data rule of
     :func:`tacitbayes.batches.as_loader`; ess defaults to its number of examples N.
+    With ``checkpoint`` the mean, the optimizer's state (its noise generator included)
+    and the history are saved atomically after every epoch; with ``resume`` training
+    continues from that file and ends with the uninterrupted run's weights, bit for bit.
     """
     settings = settings or DEFAULTS.get(ctx.data.name, IvonSettings())
     config = ctx.train_config
@@ -169,44 +188,61 @@ def train_ivon(
         seed=ctx.seed,
         sync=D.is_distributed(),
     )
+    ess = float(settings.ess or n)
+    saves = EpochCheckpoints(
+        checkpoint,
+        "ivon",
+        asdict(settings) | {"ess": ess, "epochs": config.epochs, "batch_size": config.batch_size,
+                            "loss": config.loss, "schedule": config.schedule, "seed": ctx.seed},
+        RESUME_SETTINGS,
+    )  # fmt: skip
+    first, history = saves.restore(model, opt) if resume else (0, [])
     total = n_batches(loader) * config.epochs
     dtype = model_dtype(model)
-    step = 0
+    step = first * n_batches(loader)
     start, cpu = time.perf_counter(), time.process_time()
     bar = tqdm(
-        range(config.epochs),
+        range(first, config.epochs),
         desc="train IVON",
         disable=not (ctx.progress and D.is_main()) or None,
         leave=False,
     )
     for epoch in bar:
         model.train()
-        for x, y in iter_batches(loader_for_epoch(loader, epoch), ctx.device, dtype):
+        batches = epoch_batches(loader, config.batch_size, ctx.seed, epoch)
+        loss_sum, count = 0.0, 0
+        for x, y in iter_batches(batches, ctx.device, dtype):
             lr = scheduled_lr(settings.lr, step, total, config.schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
+            rows = len(y)
             x, y, weight = _rank_slice(x, y)
             with opt.sampled_params(train=True):
                 loss = mean_loss(call_model(model, x), y, config.loss)
                 loss.backward()
-            if weight is None:
-                finite = bool(torch.isfinite(loss))
-            else:  # judged on the global loss Σ_r w_r ℓ_r, so all ranks stop together
-                finite = math.isfinite(D.all_reduce_float(float(loss.detach()) * weight))
-            if not finite:
+            value = float(loss.detach())
+            if weight is not None:  # the global loss Σ_r w_r ℓ_r, so all ranks stop together
+                value = D.all_reduce_float(value * weight)
+            if not math.isfinite(value):
                 raise TrainingDivergedError(
                     f"IVON: non-finite training loss at epoch {epoch + 1} (try a smaller lr)"
                 )
             opt.step(weight=weight)
             step += 1
+            loss_sum += value * rows
+            count += rows
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1)})
+        saves.save(model, opt, epoch + 1, history)
+    steps_run = step - first * n_batches(loader)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     model.eval()
     info: dict[str, Any] = {
-        "ivon": {k: v for k, v in asdict(settings).items()} | {"ess": float(settings.ess or n)},
+        "ivon": {k: v for k, v in asdict(settings).items()} | {"ess": ess},
         "ivon_epochs": config.epochs,
+        "train_loss": history[-1]["train_loss"],
         "train_seconds": seconds,
-        "ivon_seconds_per_step": seconds / max(step, 1),
-        "ivon_cpu_seconds_per_step": cpu / max(step, 1),
+        "ivon_seconds_per_step": seconds / max(steps_run, 1),
+        "ivon_cpu_seconds_per_step": cpu / max(steps_run, 1),
     }
     return model, opt, info
 
@@ -230,7 +266,8 @@ def _rank_slice(x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor, float | Non
 @register_method("ivon")
 def fit_ivon(ctx: FitContext) -> Predictor:
     """IVON trained from scratch (same architecture, epochs, batch size); MC predictive."""
-    model, opt, info = train_ivon(ctx)
+    checkpoint, resume = ctx.training_checkpoint("ivon")
+    model, opt, info = train_ivon(ctx, checkpoint=checkpoint, resume=resume)
     # Same-process timing of the MAP optimizer (100 steps on a fresh copy): CPU time is the
     # steadier ratio on a shared machine; wall time is recorded beside it.
     map_wall, map_cpu = _map_step_seconds(ctx, ctx.data.train, steps=100)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from tacitbayes import distributed as D
 from tacitbayes.data import DataBundle
 from tacitbayes.errors import InputError
 from tacitbayes.training import TrainConfig
@@ -37,6 +39,15 @@ class FitContext:
     seed: int = 0
     progress: bool = True
     device: str | torch.device = "cpu"
+    checkpoint_dir: Path | None = None  # where methods that train keep per-epoch checkpoints
+    resume: bool = False  # continue those trainings from their checkpoints where present
+
+    def training_checkpoint(self, name: str) -> tuple[Path | None, bool]:
+        """(checkpoint file of method ``name``'s training, whether to resume from it)."""
+        if self.checkpoint_dir is None:
+            return None, False
+        path = Path(self.checkpoint_dir) / f"{name}.pt"
+        return path, self.resume and D.all_ranks_ok(path.is_file())
 
 
 class Predictor(Protocol):

@@ -155,6 +155,8 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         seed=settings.seed,
         progress=settings.progress,
         device=device,
+        checkpoint_dir=out,
+        resume=settings.resume,
     )
     methods: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, torch.Tensor]] = {}
