@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from malicious import WritesAFile, malicious_checkpoint
 from tacitbayes.checkpoints import FORMAT, VERSION, EpochCheckpoints, load_checkpoint
 from tacitbayes.cli import main
 from tacitbayes.data import load_dataset
@@ -19,26 +20,6 @@ from tacitbayes.experiments.compare.registry import FitContext
 from tacitbayes.models import build_model
 from tacitbayes.training import TrainConfig, train_map
 from tacitbayes.variational import IBVIConfig, VariationalModel, train_ibvi
-
-
-class _WritesAFile:
-    """A pickle payload: unpickling it calls exec, which writes ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
-
-def _malicious(path: Path, marker: Path, zipped: bool) -> Path:
-    """A checkpoint whose loading with weights_only=False would write ``marker``."""
-    payload = {"model": _WritesAFile(marker), "epoch": 1}
-    if zipped:
-        torch.save(payload, path, pickle_protocol=2)
-    else:
-        path.write_bytes(pickle.dumps(payload, protocol=2))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +46,10 @@ def _one_line_exit_2(argv: list[str], capsys, match: str) -> None:
 @pytest.mark.parametrize("zipped", [False, True])
 def test_the_payload_is_real_and_loading_it_writes_nothing(tmp_path: Path, zipped: bool) -> None:
     probe = tmp_path / "probe"
-    pickle.loads(pickle.dumps(_WritesAFile(probe), protocol=2))  # the payload does run code
+    pickle.loads(pickle.dumps(WritesAFile(probe), protocol=2))  # the payload does run code
     assert probe.read_text() == "pwned"
     marker = tmp_path / "marker"
-    path = _malicious(tmp_path / "evil.pt", marker, zipped)
+    path = malicious_checkpoint(tmp_path / "evil.pt", marker, zipped)
     with pytest.raises(InputError, match="was refused: it holds objects other than tensors"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -77,13 +58,13 @@ def test_the_payload_is_real_and_loading_it_writes_nothing(tmp_path: Path, zippe
 @pytest.mark.parametrize("zipped", [False, True])
 def test_cli_refuses_a_malicious_checkpoint(tmp_path: Path, capsys, zipped: bool) -> None:
     marker = tmp_path / "marker"
-    evil = _malicious(tmp_path / "evil.pt", marker, zipped)
+    evil = malicious_checkpoint(tmp_path / "evil.pt", marker, zipped)
     base = ["compare", "--methods", "map", "--n-train", "200", "--no-progress"]
     argv = [*base, "--checkpoint", str(evil), "--out", str(tmp_path / "a")]
     _one_line_exit_2(argv, capsys, "was refused")
     out = tmp_path / "b"
     out.mkdir()
-    _malicious(out / "map.pt", marker, zipped)
+    malicious_checkpoint(out / "map.pt", marker, zipped)
     _one_line_exit_2([*base, "--resume", "--out", str(out)], capsys, "was refused")
     assert not marker.exists()
     assert not (tmp_path / "a").exists()

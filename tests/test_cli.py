@@ -118,7 +118,7 @@ def test_resume_and_checkpoint(tmp_path: Path, capsys) -> None:
         (["compare", "--epochs", "0"], "must be at least 1"),
         (["compare", "--epochs", "-3"], "must be at least 1"),
         (["compare", "--epochs", "many"], "expected an integer"),
-        (["compare", "--lr", "-1"], "lr must be a positive number"),
+        (["compare", "--lr", "-1"], "--lr: must be a positive number"),
         (["compare", "--optimizer", "lbfgs"], "unknown optimizer"),
         (
             ["compare", "--model", "lenet", "--width", "3"],

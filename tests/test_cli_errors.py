@@ -84,6 +84,10 @@ def test_resume_without_checkpoint_leaves_no_folder(tmp_path: Path, capsys) -> N
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "out of memory"),
         (TrainingDivergedError("non-finite training loss at epoch 2"), "non-finite"),
         (DataError("mnist: no data\nfound"), "mnist: no data found"),
+        (
+            RuntimeError("value cannot be converted to type float without overflow"),
+            "a setting is too large for the model's number type",
+        ),
     ],
 )
 def test_user_and_environment_failures_exit_2(
@@ -114,3 +118,37 @@ def test_a_bug_is_one_line_exit_1_and_debug_shows_it(
         with pytest.raises(KeyError):
             main(argv)
     capsys.readouterr()
+
+
+def test_warnings_are_one_line_each_and_python_format_under_debug(
+    capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from tacitbayes.experiments.compare import run
+
+    def warn(settings):
+        warnings.warn("first\nsecond line", RuntimeWarning, stacklevel=1)
+        raise DataError("then it failed")
+
+    monkeypatch.setattr(run, "run_compare", warn)
+    assert main(["compare", "--no-progress"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["tacitbayes: warning: first second line", "tacitbayes: error: then it failed"]
+    with pytest.raises(DataError), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        main(["compare", "--no-progress", "--debug"])
+    assert [str(w.message) for w in seen] == ["first\nsecond line"]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["compare", "--seed", "-1"], "--seed: must lie in 0..4294967295"),
+        (["linsys", "--seed", str(2**32)], "--seed: must lie in 0..4294967295"),
+        (["eos", "--lr", "1e308"], "--lr: must be at most 1e+38"),
+        (["compare", "--weight-decay", "inf"], "--weight-decay: must be a finite number"),
+    ],
+)
+def test_seeds_and_numbers_out_of_range_are_usage_errors(argv, match, capsys) -> None:
+    _one_line(argv, capsys, 2, match)

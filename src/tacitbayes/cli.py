@@ -3,7 +3,9 @@
 Bad input never shows a traceback: a one-line message on stderr and exit status 2 (a
 failure of the user's input or environment: bad values, unusable paths or data, out of
 memory, a NaN loss); a bug in tacitbayes prints one line "internal error" and exits 1.
-``--debug`` (before or after the sub-command) shows the traceback instead.
+``--debug`` (before or after the sub-command) shows the traceback instead. Warnings
+print as one line each, "tacitbayes: warning: ..." (with ``--debug``: Python's format,
+with the file and line).
 
 Parsing imports no torch: ``--help``, ``--version`` and usage errors answer at once; each
 sub-command's ``run`` imports what it needs. Every option's help shows its default.
@@ -27,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 from tacitbayes import __version__
-from tacitbayes.cli_errors import describe
+from tacitbayes.cli_errors import describe, one_line
 from tacitbayes.experiments.cli_types import HelpFormatter, OneLineErrorParser
 
 # Each module defines add_subparser(sub), which adds its command and sets `run`; none of
@@ -91,6 +93,27 @@ def _one_writer(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
+def _print_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` of the command line: one line, no source location."""
+    print(f"tacitbayes: warning: {one_line(message)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(debug: bool) -> Iterator[None]:
+    """Every warning of the command as one line on stderr (Python's format under --debug)."""
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _print_warning
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tacitbayes`` console script."""
     parser = build_parser()
@@ -104,7 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tacitbayes import distributed as D  # torch: only once a command runs
 
     try:
-        with D.process_group_from_env(getattr(args, "device", "cpu")) as device:
+        with (
+            _one_line_warnings(args.debug),
+            D.process_group_from_env(getattr(args, "device", "cpu")) as device,
+        ):
             if hasattr(args, "device"):
                 args.device = device
             with _one_writer(args):

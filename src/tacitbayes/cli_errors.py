@@ -5,7 +5,7 @@ Two categories:
 * the user's input or environment (exit 2): a :class:`~tacitbayes.errors.TacitBayesError`
   (bad values, missing or malformed data, an unusable checkpoint, a NaN loss), a file
   system error (an existing file where a folder should be, no permission, no space), or
-  running out of memory;
+  running out of memory, a setting too large for the model's number type;
 * anything else is a bug in tacitbayes (exit 1): "internal error", with a pointer to
   ``--debug``, which shows the traceback instead.
 
@@ -74,6 +74,11 @@ def describe(exc: Exception) -> tuple[int, str]:
         )
     if isinstance(exc, OSError):
         return USER_ERROR, f"error: {_describe_os_error(exc)}"
+    if isinstance(exc, RuntimeError) and "without overflow" in str(exc):  # torch's scalar check
+        return USER_ERROR, (
+            "error: a setting is too large for the model's number type "
+            f"({one_line(exc, MAX_DETAIL)}); use a smaller value"
+        )
     detail = one_line(exc, MAX_DETAIL)
     what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     return BUG, f"internal error: {what} (run with --debug for the traceback)"

@@ -67,6 +67,7 @@ from tacitbayes.distributed import all_reduce_, rank, shard
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.linalg import KroneckerProduct
+from tacitbayes.linalg.eigen import symmetric_eigh
 
 __all__ = ["KFAC", "FactoredLayer", "find_layers"]  # the last two re-exported from layers
 
@@ -356,8 +357,8 @@ class KFAC(LinearOperator):
         """(λ_G, Q_G, λ_A, Q_A) with eigenvalues clamped at 0 (cached)."""
         if name not in self._eig:
             A, G = self.factors[name]
-            lam_g, q_g = torch.linalg.eigh(G)
-            lam_a, q_a = torch.linalg.eigh(A)
+            lam_g, q_g = symmetric_eigh(G, f"the KFAC factor G of layer {name!r}")
+            lam_a, q_a = symmetric_eigh(A, f"the KFAC factor A of layer {name!r}")
             self._eig[name] = (lam_g.clamp_min(0), q_g, lam_a.clamp_min(0), q_a)
         return self._eig[name]
 

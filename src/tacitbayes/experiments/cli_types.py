@@ -15,6 +15,9 @@ from typing import Any, NoReturn
 from tacitbayes.device_names import check_device_name
 from tacitbayes.errors import InputError
 
+MAX_SEED = 2**32 - 1
+MAX_FLOAT = 1e38  # below float32's largest number (3.4e38): a larger setting overflows
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line on stderr with exit status 2."""
@@ -66,14 +69,43 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number greater than 0."""
+def seed(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, 2³²)."""
     try:
-        value = float(text)
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must lie in 0..{MAX_SEED}, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number in (0, 1e38] (the networks compute in float32, whose largest is 3.4e38)."""
+    value = _number(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if value > MAX_FLOAT:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_FLOAT:g} (the networks compute in float32), got {text}"
+        )
+    return value
+
+
+def real(text: str) -> float:
+    """argparse type: a finite number of magnitude at most 1e38 (float32 arithmetic)."""
+    value = _number(text)
+    if not abs(value) <= MAX_FLOAT:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of magnitude at most {MAX_FLOAT:g}, got {text}"
+        )
     return value
 
 
@@ -118,7 +150,7 @@ def add_device_option(
 def add_run_options(p: argparse.ArgumentParser, command: str, quick: bool = True) -> None:
     """The options every experiment shares: --seed, --threads, --device, [--quick], --data-dir, --out, --no-progress."""
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of data splits, initialization, samples"
+        "--seed", type=seed, default=0, help="seed of data splits, initialization, samples"
     )
     p.add_argument(
         "--threads",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tacitbayes.errors import InputError
+from tacitbayes.linalg.eigen import symmetric_eigh
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -130,11 +131,13 @@ def _check_n_samples(n_samples: object) -> int:
     return n_samples
 
 
-def _generalized_eigh(M1: Tensor, L2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _generalized_eigh(
+    M1: Tensor, L2: Tensor, what: str = "the whitened Kronecker factor L⁻¹ M L⁻ᵀ"
+) -> tuple[Tensor, Tensor, Tensor]:
     """Solve M1 U = M2 U diag(λ), Uᵀ M2 U = I, given M2 = L2 L2ᵀ; return (λ, U, U⁻ᵀ)."""
     C = torch.linalg.solve_triangular(L2, M1, upper=False)
     C = torch.linalg.solve_triangular(L2, C.mT, upper=False)  # L⁻¹ M1 L⁻ᵀ
-    lam, Q = torch.linalg.eigh(0.5 * (C + C.mT))
+    lam, Q = symmetric_eigh(C, what)
     U = torch.linalg.solve_triangular(L2.mT, Q, upper=True)
     return lam, U, L2 @ Q
 

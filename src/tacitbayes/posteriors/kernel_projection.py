@@ -5,7 +5,8 @@ and the residual of the kernel system is the null-space residual itself:
 J 𝒫V = J V − K U. Two solvers of K U = J V:
 
 * ``gram``: K is built densely from per-layer Jacobian factors (never J), factorised
-  once by a Cholesky decomposition with a jitter μ = 1e-10·mean(diag K) (float64), and
+  once by a Cholesky decomposition with a jitter μ = 1e-10·mean(diag K) (float64; a larger
+  μ from ``linalg.cholesky.JITTERS``, with a RuntimeWarning, where that fails), and
   every solve is improved by iterative refinement against the dense K. For
   rows = N·O up to a memory budget (digits: 12,940 rows, 1.3 GB).
 * ``nystrom``: CG on the matrix-free K (one VJP pass and one JVP pass over the loader
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -47,7 +49,7 @@ from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
 from tacitbayes.distributed import all_gather_cat, all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.linalg import cg
-from tacitbayes.linalg.cholesky import jittered_cholesky
+from tacitbayes.linalg.cholesky import JITTERS, jittered_cholesky
 from tacitbayes.posteriors.null_space import ProjectionInfo
 
 __all__ = [
@@ -151,17 +153,37 @@ class GramSolver:
         if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
             raise InputError(f"the Gram matrix must be square, got {tuple(gram.shape)}")
         self.gram = gram.to(torch.float64)
+        if not bool(torch.isfinite(self.gram.sum(0)).all()):  # (rows,), no rows × rows mask
+            raise InputError(
+                "the NTK Gram matrix K = J Jᵀ holds NaN or infinite entries; check the model "
+                "and data for non-finite values"
+            )
         scale = float(self.gram.diagonal().mean()) if len(self.gram) else 0.0
-        self.shift = jitter * scale if scale > 0 else jitter
+        self.factor, self.shift = self._factor(jitter, scale if scale > 0 else 1.0)
+
+    def _factor(self, jitter: float, scale: float) -> tuple[Tensor, float]:
+        """(L, μ) with L Lᵀ = K + μI, μ = jitter·scale, else the next of JITTERS·scale that works (warned)."""
         diagonal = self.gram.diagonal().clone()
-        self.gram.diagonal().add_(self.shift)  # shifted in place (no second rows × rows copy)
-        try:
-            factor, status = torch.linalg.cholesky_ex(self.gram)
-        finally:
-            self.gram.diagonal().copy_(diagonal)
-        if int(status) != 0:
-            raise InputError("the NTK Gram matrix is not positive semi-definite (non-finite J?)")
-        self.factor = factor
+        for rel in (jitter, *(j for j in JITTERS if j > jitter)):
+            self.gram.diagonal().add_(rel * scale)  # shifted in place (no second rows × rows copy)
+            try:
+                factor, status = torch.linalg.cholesky_ex(self.gram)
+            finally:
+                self.gram.diagonal().copy_(diagonal)
+            if int(status) == 0:
+                if rel > jitter:
+                    warnings.warn(
+                        "the NTK Gram matrix K = J Jᵀ is not numerically positive definite; "
+                        f"factored with jitter {rel:g} × its mean diagonal added",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                return factor, rel * scale
+            del factor  # a failed factor is not kept while the next one is computed
+        raise InputError(
+            f"the NTK Gram matrix K = J Jᵀ is not positive definite even with jitter "
+            f"{JITTERS[-1]:g} × its mean diagonal; use solver='nystrom' or 'krylov'"
+        )
 
     @property
     def rows(self) -> int:

@@ -47,6 +47,7 @@ from tacitbayes.curvature.layers import split_layers
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.linalg.cholesky import jittered_cholesky
+from tacitbayes.linalg.eigen import symmetric_eigh
 from tacitbayes.posteriors.glm_factored import LayerCovariance
 
 __all__ = [
@@ -231,8 +232,8 @@ class KroneckerCurvature(_Scaled):
         """(λ_G, Q_G, λ_A, Q_A) of layer ``name``'s factors, cached (eigenvalues clamped at 0)."""
         if name not in self._eig:
             A, G = self.kfac.factors[name]
-            lam_g, q_g = torch.linalg.eigh(G)
-            lam_a, q_a = torch.linalg.eigh(A)
+            lam_g, q_g = symmetric_eigh(G, f"the KFAC factor G of layer {name!r}")
+            lam_a, q_a = symmetric_eigh(A, f"the KFAC factor A of layer {name!r}")
             self._eig[name] = (lam_g.clamp_min(0), q_g, lam_a.clamp_min(0), q_a)
         return self._eig[name]
 
@@ -326,7 +327,8 @@ class DenseCurvature(_Scaled):
     def eigenvalues(self) -> Tensor:
         """Eigenvalues of H clamped at 0 (computed once)."""
         if self._eigenvalues is None:
-            self._eigenvalues = torch.linalg.eigvalsh(self.hessian).clamp_min(0)
+            values, _ = symmetric_eigh(self.hessian, "the dense curvature H")
+            self._eigenvalues = values.clamp_min(0)
         return self._eigenvalues
 
     def logdet(self, delta: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from torch import Tensor
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.errors import InputError
 from tacitbayes.linalg import lsqr
+from tacitbayes.linalg.eigen import symmetric_eigh
 
 __all__ = [
     "BatchInverse",
@@ -73,7 +74,7 @@ def batch_inverses(jac: DataJacobian, cutoff: float = 1e-6) -> list[BatchInverse
     out = []
     for b in range(jac.n_batches):
         gram = jac.batch_gram(b).to(torch.float64)
-        values, vectors = torch.linalg.eigh(gram)
+        values, vectors = symmetric_eigh(gram, f"the Gram matrix J_b J_bᵀ of batch {b}")
         top = float(values[-1]) if len(values) else 0.0
         keep = values > cutoff * top if top > 0 else torch.zeros_like(values, dtype=torch.bool)
         out.append(

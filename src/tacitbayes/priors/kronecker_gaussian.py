@@ -31,6 +31,7 @@ from tacitbayes.curvature.kfac import KFAC, find_layers
 from tacitbayes.errors import InputError
 from tacitbayes.functional import resolve_param_names, unflatten
 from tacitbayes.linalg import KroneckerProduct, KroneckerProductSum, nearest_kronecker
+from tacitbayes.linalg.eigen import symmetric_eigh
 from tacitbayes.linalg.kronecker_factors import (
     _cholesky_or_none,
     _generalized_eigh,
@@ -151,8 +152,8 @@ def _eig_form(terms: list[Term], name: str) -> tuple[Tensor, Tensor, Tensor, Ten
     iso = [t for t in terms if t[2] is not None and t[2] > 0]
     if len(terms) == 1 or (len(terms) == 2 and iso):
         G, A, _ = terms[0] if len(terms) == 1 or terms[1] is iso[0] else terms[1]
-        g, U = torch.linalg.eigh(_sym(G))
-        a, V = torch.linalg.eigh(_sym(A))
+        g, U = symmetric_eigh(G, f"the precision factor G of layer {name!r}")
+        a, V = symmetric_eigh(A, f"the precision factor A of layer {name!r}")
         D = torch.outer(g, a) + (iso[0][2] if len(terms) == 2 else 0.0)
         base = torch.zeros((), dtype=g.dtype, device=g.device)
     elif len(terms) == 2:
@@ -171,8 +172,9 @@ def _eig_form(terms: list[Term], name: str) -> tuple[Tensor, Tensor, Tensor, Ten
                 "positive definite factors"
             )
         _, sym, LG, LA = best
-        lam, U, _ = _generalized_eigh(_sym(sym[0]), LG)
-        mu, V, _ = _generalized_eigh(_sym(sym[1]), LA)
+        what = f"the whitened precision factor {{}} of layer {name!r}"
+        lam, U, _ = _generalized_eigh(_sym(sym[0]), LG, what.format("G"))
+        mu, V, _ = _generalized_eigh(_sym(sym[1]), LA, what.format("A"))
         D = 1 + torch.outer(lam, mu)
         m, n = D.shape
         base = 2 * n * LG.diagonal().log().sum() + 2 * m * LA.diagonal().log().sum()

@@ -6,8 +6,11 @@ import argparse
 
 from tacitbayes.experiments.cli_types import (
     add_device_option,
+    positive_float,
     positive_int,
+    real,
     report_run,
+    seed,
     settings_from_args,
 )
 from tacitbayes.experiments.compare.catalog import methods_epilog
@@ -32,10 +35,10 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, help="MAP training epochs (digits: 30, else 10)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="MAP training batch size")
     p.add_argument("--optimizer", default="adam", help="adam or sgd")
-    p.add_argument("--lr", type=float, default=1e-3, help="MAP learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="MAP weight decay")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="MAP learning rate")
+    p.add_argument("--weight-decay", type=real, default=1e-4, help="MAP weight decay")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of data splits, initialization, samples"
+        "--seed", type=seed, default=0, help="seed of data splits, initialization, samples"
     )
     p.add_argument(
         "--n-samples", type=positive_int, default=32, help="posterior samples per prediction"

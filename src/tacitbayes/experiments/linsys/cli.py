@@ -8,6 +8,7 @@ from tacitbayes.experiments.cli_types import (
     add_device_option,
     positive_int,
     report_run,
+    seed,
     settings_from_args,
 )
 
@@ -26,7 +27,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d", type=positive_int, help="unknowns (default 60; --quick 30)")
     p.add_argument("--k", type=positive_int, help="nonzeros of the sparse signal (default 4)")
     p.add_argument("--trials", type=positive_int, help="problems per n/d in the phase transition")
-    p.add_argument("--seed", type=int, default=0, help="seed of the problems and initializations")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the problems and initializations")
     p.add_argument("--quick", action="store_true", help="small grids (seconds, for tests)")
     p.add_argument("--out", help="output directory (default runs/linsys-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
