@@ -90,3 +90,14 @@ def test_settings_fill_defaults() -> None:
     assert len(s.lambdas) == 17 and s.threads == 1
     q = BoundSettings(quick=True).resolved()
     assert q.rounds == 1 and q.epochs == 3 and q.taus == (1.0, 0.1)
+
+
+def test_a_task_whose_classes_exceed_the_labels_present_keeps_the_ones_there() -> None:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from tacitbayes.experiments.bound.run import _task
+
+    data = TensorDataset(torch.arange(4.0)[:, None], torch.tensor([0, 3, 5, 3]))
+    x, y = _task(data, (5, 9, 3), "training").tensors  # no 9 among the labels: found by fuzzing
+    assert x.flatten().tolist() == [1.0, 2.0, 3.0] and y.tolist() == [2, 0, 2]

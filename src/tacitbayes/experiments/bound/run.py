@@ -189,7 +189,7 @@ def _task(data: TensorDataset, classes: tuple[int, ...], what: str) -> TensorDat
     keep = torch.isin(y, torch.tensor(classes))
     if not bool(keep.any()):
         raise InputError(f"the {what} split holds no example of the classes {list(classes)}")
-    relabel = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+    relabel = torch.full((max(int(y.max()), *classes) + 1,), -1, dtype=torch.long)
     relabel[list(classes)] = torch.arange(len(classes))
     return TensorDataset(x[keep], relabel[y[keep]])
 
