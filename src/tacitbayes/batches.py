@@ -27,6 +27,7 @@ logits from a Tensor, a mapping with ``"logits"`` or an object with ``.logits``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -36,6 +37,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from tacitbayes.errors import DataError, InputError
 
 __all__ = [
+    "describe_inputs",
+    "model_input_errors",
     "Batch",
     "BatchLoader",
     "Inputs",
@@ -261,11 +264,53 @@ def model_output(out: Any) -> Tensor:
     )
 
 
+# Messages of torch's RuntimeErrors that mean "these inputs do not fit this model".
+_MISMATCH = (
+    "shapes cannot be multiplied",
+    "must have the same dtype",
+    "same device",
+    "expected scalar type",
+    "size mismatch",
+    "Expected input batch_size",
+    "must match the size of tensor",
+    "Input type (",
+    "but got input of size",
+    "Given groups=",
+    "Expected floating point type",
+    "should be the same",
+    "Expected 3D (unbatched) or 4D (batched) input",
+    "Expected 2D (unbatched) or 3D (batched) input",
+)
+
+
+def describe_inputs(inputs: Inputs) -> str:
+    """ "shape (16, 7), torch.int64, on cpu" (per key for keyword inputs)."""
+    if isinstance(inputs, Tensor):
+        return f"shape {tuple(inputs.shape)}, {inputs.dtype}, on {inputs.device}"
+    return "; ".join(f"{k}: {describe_inputs(v)}" for k, v in inputs.items())
+
+
+@contextmanager
+def model_input_errors(inputs: Inputs) -> Iterator[None]:
+    """Turn torch's shape, dtype and device mismatch errors of a forward pass into an InputError naming the inputs."""
+    try:
+        yield
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not any(pattern in first for pattern in _MISMATCH):
+            raise
+        raise InputError(
+            f"the model cannot take these inputs ({describe_inputs(inputs)}): {first}; give "
+            "inputs of the shape, dtype and device the model was built for"
+        ) from exc
+
+
 def call_model(model: Callable[..., Any], inputs: Inputs) -> Tensor:
     """model(x) for a Tensor input, model(**x) for keyword inputs; the logits of the output."""
-    if isinstance(inputs, Tensor):
-        return model_output(model(inputs))
-    return model_output(model(**inputs))
+    with model_input_errors(inputs):
+        if isinstance(inputs, Tensor):
+            return model_output(model(inputs))
+        return model_output(model(**inputs))
 
 
 class KeyedLoader:

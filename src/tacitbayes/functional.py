@@ -25,7 +25,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from tacitbayes.batches import Inputs, model_output, move_inputs, n_examples, slice_inputs
+from tacitbayes.batches import (
+    Inputs,
+    model_input_errors,
+    model_output,
+    move_inputs,
+    n_examples,
+    slice_inputs,
+)
 from tacitbayes.errors import InputError
 
 __all__ = [
@@ -336,7 +343,7 @@ class FunctionalModel:
         first = next(iter(params.values()))
         x = move_inputs(x, first.device, first.dtype)
         dicts = (dict(params), fixed, buffers)
-        with eval_mode(self.module):
+        with eval_mode(self.module), model_input_errors(x):
             if isinstance(x, Tensor):
                 return model_output(functional_call(self.module, dicts, (x,)))
             return model_output(functional_call(self.module, dicts, (), dict(x)))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tacitbayes.curvature.losses import check_class_targets
 from tacitbayes.errors import InputError
 from tacitbayes.posteriors.predictive import average_probabilities, bernoulli_probabilities
 
@@ -76,6 +77,8 @@ def mean_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
                 "cross_entropy needs one output per class (at least 2); a single-logit binary "
                 "classifier uses loss 'binary_cross_entropy' (likelihood 'binary')"
             )
+        if output.ndim == 2 and not y.is_floating_point():  # a clear error, not a CUDA assert
+            check_class_targets(y, len(output), output.shape[-1], loss)
         return F.cross_entropy(output, y)
     if loss == "mse":
         if y.is_floating_point():

@@ -123,6 +123,8 @@ def epoch_batches(data: Any, batch_size: int, seed: int, epoch: int) -> Iterable
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum or Adam, with coupled weight decay (the gradient of (δ/2)‖θ‖²)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InputError("the model has no trainable parameters (requires_grad=True) to train")
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),

@@ -25,7 +25,15 @@ from torch import Tensor
 
 from tacitbayes.errors import InputError
 
-__all__ = ["LOSSES", "BinaryCrossEntropyLoss", "CrossEntropyLoss", "Loss", "MSELoss", "get_loss"]
+__all__ = [
+    "LOSSES",
+    "BinaryCrossEntropyLoss",
+    "CrossEntropyLoss",
+    "Loss",
+    "MSELoss",
+    "check_class_targets",
+    "get_loss",
+]
 
 
 class Loss(ABC):
@@ -73,7 +81,8 @@ def _check_batch(y: Tensor, n: int) -> None:
         raise InputError(f"targets have shape {tuple(y.shape)} but the batch has {n} examples")
 
 
-def _check_classes(y: Tensor, n: int, o: int, loss: str) -> None:
+def check_class_targets(y: Tensor, n: int, o: int, loss: str) -> None:
+    """Integer class targets y of shape (n,) with values in [0, o); InputError naming what differs."""
     if y.ndim != 1:
         raise InputError(
             f"{loss}: integer class targets must have shape ({n},), got {tuple(y.shape)}"
@@ -100,7 +109,7 @@ class CrossEntropyLoss(Loss):
                 "cross_entropy needs one output per class (at least 2); a single-logit binary "
                 "classifier uses loss 'binary_cross_entropy' (likelihood 'binary')"
             )
-        _check_classes(y, n, o, "cross_entropy")
+        check_class_targets(y, n, o, "cross_entropy")
         return y.long()
 
     def value(self, f: Tensor, y: Tensor) -> Tensor:
@@ -153,7 +162,7 @@ class MSELoss(Loss):
         if y.dtype == torch.bool or y.is_complex():
             raise InputError(f"mse needs real or integer targets, got dtype {y.dtype}")
         if y.ndim == 1 and not y.is_floating_point() and o > 1:
-            _check_classes(y, n, o, "mse")
+            check_class_targets(y, n, o, "mse")
             return torch.nn.functional.one_hot(y.long(), o).to(dtype)
         if y.ndim == 1 and o == 1:
             y = y.unsqueeze(-1)
