@@ -17,12 +17,15 @@ only one-line warnings. The malicious checkpoint never writes its marker, and no
 temporary file is left in an output folder.
 
 ``TACITBAYES_FUZZ_CASES`` sets the number of cases (default 50, run in CI);
-``TACITBAYES_FUZZ_SEED`` draws a new sequence of cases (default: a fixed one).
+``TACITBAYES_FUZZ_SEED`` draws another sequence of cases (default: a fixed one);
+``TACITBAYES_FUZZ_REPORT`` names a JSON file that receives the count of cases run and
+of each exit status (hypothesis's shrinking of a failure counts as more cases).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import gzip
 import io
@@ -34,6 +37,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
@@ -46,6 +50,8 @@ from tacitbayes.models import build_model
 
 CASES = int(os.environ.get("TACITBAYES_FUZZ_CASES", "50"))
 SEED = os.environ.get("TACITBAYES_FUZZ_SEED")
+REPORT = os.environ.get("TACITBAYES_FUZZ_REPORT")
+OUTCOMES: collections.Counter[str] = collections.Counter()  # "exit 0", "exit 2", "warned"
 
 # A cheap run of every sub-command: fuzzed options come after it and override it.
 BASES: dict[str, list[str]] = {
@@ -351,6 +357,15 @@ _SETTINGS = settings(
 )  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _record_outcomes():
+    """Write the number of cases and their exit statuses to ``TACITBAYES_FUZZ_REPORT``."""
+    yield
+    if REPORT:
+        summary = {"cases": OUTCOMES["cases"], "seed": SEED, **dict(OUTCOMES)}
+        Path(REPORT).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+
+
 def _seeded(test):
     return test if SEED is None else seed(int(SEED))(test)
 
@@ -362,6 +377,7 @@ def test_random_command_lines_never_give_a_traceback(case: dict, tmp_path_factor
     root = tmp_path_factory.mktemp("case")
     argv, marker = _materialize(case, root)
     code, err = _run(argv, root)
+    OUTCOMES.update(["cases", f"exit {code}"] + (["warned"] if "warning:" in err else []))
     _check_stderr(code, err, argv)
     assert not marker.exists(), f"argv {argv}: a checkpoint ran code"
     assert _leftovers(root) == [], argv
