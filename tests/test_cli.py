@@ -120,6 +120,7 @@ def test_resume_and_checkpoint(tmp_path: Path, capsys) -> None:
         (["compare", "--epochs", "many"], "expected an integer"),
         (["compare", "--lr", "-1"], "--lr: must be a positive number"),
         (["compare", "--optimizer", "lbfgs"], "unknown optimizer"),
+        (["compare", "--model", "vae_mlp"], "vae_mlp is a generative model"),
         (
             ["compare", "--model", "lenet", "--width", "3"],
             "unknown option 'width' for model 'lenet'",

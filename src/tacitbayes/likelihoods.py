@@ -14,6 +14,10 @@ The loss names are those of :mod:`tacitbayes.curvature.losses`. ``mse`` with int
 targets one-hot encodes them (a classifier trained on the squared loss). In regression,
 var_s is the variance over the S samples (divided by S) and σ (``sigma_noise``) the
 observation noise, given by the caller: 0 gives the spread of the network's outputs alone.
+
+Training (not curvature) also takes ``model_loss`` (:data:`TRAIN_LOSSES`): the mean of
+outputs that already are per-example losses, shape (N,) or (N, 1), e.g. a VAE's negative
+ELBO; the targets are ignored.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from tacitbayes.curvature.losses import check_class_targets
 from tacitbayes.errors import InputError
 from tacitbayes.posteriors.predictive import average_probabilities, bernoulli_probabilities
 
-__all__ = ["LIKELIHOODS", "LOSSES", "check_likelihood", "mc_predictive", "mean_loss"]
+__all__ = [
+    "LIKELIHOODS",
+    "LOSSES",
+    "TRAIN_LOSSES",
+    "check_likelihood",
+    "mc_predictive",
+    "mean_loss",
+]
 
 #: Each likelihood's training loss.
 LIKELIHOODS = {
@@ -38,6 +49,9 @@ LIKELIHOODS = {
     "binary": "binary_cross_entropy",
 }
 LOSSES = tuple(LIKELIHOODS.values())
+#: The losses training accepts: those of :data:`LOSSES` (which have curvature) and
+#: ``model_loss``, the mean of a model's own per-example losses (no curvature).
+TRAIN_LOSSES = (*LOSSES, "model_loss")
 
 
 def check_likelihood(likelihood: str) -> str:
@@ -69,8 +83,20 @@ def _targets_like(output: Tensor, y: Tensor, loss: str) -> Tensor:
     return y.reshape(output.shape).to(output.dtype)
 
 
+def _model_loss(output: Tensor) -> Tensor:
+    """(1/N) Σ_n f_n of per-example losses f of shape (N,) or (N, 1), else InputError."""
+    if output.ndim == 2 and output.shape[-1] == 1:
+        output = output.squeeze(-1)
+    if output.ndim != 1:
+        raise InputError(
+            "model_loss needs a model that returns one loss per example, shape (N,) or (N, 1), "
+            f"got outputs of shape {tuple(output.shape)}"
+        )
+    return output.mean()
+
+
 def mean_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
-    """(1/N) Σ_n ℓ(f_n, y_n): −log softmax(f)_y, ½‖f − y‖² (y one-hot if integer) or softplus(f) − y f."""
+    """(1/N) Σ_n ℓ(f_n, y_n): −log softmax(f)_y, ½‖f − y‖² (y one-hot if integer), softplus(f) − y f or f_n."""
     if loss == "cross_entropy":
         if output.ndim < 2 or output.shape[-1] < 2:
             raise InputError(
@@ -89,7 +115,9 @@ def mean_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
     if loss == "binary_cross_entropy":
         logit = _one_logit(output, loss)
         return F.binary_cross_entropy_with_logits(logit, _targets_like(logit, y, loss))
-    raise InputError(f"unknown loss {loss!r}; available: {', '.join(LOSSES)}")
+    if loss == "model_loss":  # the output is the loss; y is ignored
+        return _model_loss(output)
+    raise InputError(f"unknown loss {loss!r}; available: {', '.join(TRAIN_LOSSES)}")
 
 
 def _check_settings(likelihood: str, temperature: float, sigma_noise: float) -> None:

@@ -47,7 +47,7 @@ from tacitbayes.checkpoints import EpochCheckpoints
 from tacitbayes.devices import check_device, model_device, model_dtype
 from tacitbayes.errors import InputError, TrainingDivergedError
 from tacitbayes.functional import eval_mode
-from tacitbayes.likelihoods import LOSSES, mean_loss
+from tacitbayes.likelihoods import TRAIN_LOSSES, mean_loss
 from tacitbayes.optim.sync import broadcast_tensors_
 
 EVAL_BATCH = 1024  # batch size of a validation Dataset
@@ -88,8 +88,8 @@ class TrainConfig:
             raise InputError(
                 f"unknown schedule {self.schedule!r}; available: {', '.join(SCHEDULES)}"
             )
-        if self.loss not in LOSSES:
-            raise InputError(f"unknown loss {self.loss!r}; available: {', '.join(LOSSES)}")
+        if self.loss not in TRAIN_LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; available: {', '.join(TRAIN_LOSSES)}")
 
 
 @dataclass
@@ -155,9 +155,10 @@ def validation_metrics(
 
     ``data`` follows :func:`tacitbayes.batches.as_loader` (a Dataset in order, by
     ``batch_size``). No "loss" when ``loss`` is None; no "accuracy" for real-valued
-    ``mse`` targets (regression). ``forward`` runs as given (the caller sets eval mode).
+    ``mse`` targets (regression) or for ``model_loss`` (the outputs are losses, the
+    targets ignored). ``forward`` runs as given (the caller sets eval mode).
     """
-    loss_sum, correct, total, labels = 0.0, 0, 0, True
+    loss_sum, correct, total, labels = 0.0, 0, 0, loss != "model_loss"
     for x, y in iter_batches(as_loader(data, batch_size, what="validation data"), device, dtype):
         out = forward(x)
         if loss is not None:

@@ -27,7 +27,7 @@ def _batch(shape: tuple[int, int, int], n: int = 4, dtype=torch.float32) -> torc
 
 
 def test_available_models() -> None:
-    assert available_models() == sorted(NAMES)
+    assert available_models() == sorted([*NAMES, "vae_conv", "vae_mlp"])
 
 
 @pytest.mark.parametrize(("name", "shape"), CASES, ids=IDS)
@@ -46,7 +46,7 @@ def test_forward_shape_finite_and_gradient_reaches_every_parameter(name, shape) 
 
 
 def test_unknown_name_lists_available() -> None:
-    with pytest.raises(InputError, match="unknown model 'foo'; available: lenet, mlp, resnet, vit"):
+    with pytest.raises(InputError, match="unknown model 'foo'; available: lenet, mlp, resnet, vae_conv, vae_mlp, vit"):
         build_model("foo", (1, 8, 8), 10)
 
 

@@ -24,7 +24,7 @@ from tacitbayes.experiments.compare.report import format_table, search_notes, wr
 from tacitbayes.experiments.compare.verdicts import map_distance
 from tacitbayes.experiments.runtime import torch_threads, versions
 from tacitbayes.io import check_output_dir
-from tacitbayes.models import build_model
+from tacitbayes.models import VAE, build_model
 from tacitbayes.training import TrainConfig, train_map
 
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 10, "mnist": 10}
@@ -107,6 +107,11 @@ def _prepare(
     )
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, data.input_shape, data.n_classes, **settings.model_options)
+    if isinstance(model, VAE):
+        raise InputError(
+            f"compare evaluates classifiers; {settings.model} is a generative model: run "
+            f"`tacitbayes generative --model {settings.model}`"
+        )
     if settings.checkpoint is not None:
         _load_weights(model, settings.checkpoint)
     return data.to(device), model.to(device), config, factories
