@@ -135,7 +135,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, match, tmp_path: Path, capsys) -
     _fails_cleanly(argv, capsys, tmp_path / "out", match)
 
 
-COMMANDS = ("compare", "linsys", "eos", "bound", "continual")
+COMMANDS = ("compare", "linsys", "eos", "bound", "continual", "generative")
 
 
 def _missing_devices() -> list[tuple[str, str]]:

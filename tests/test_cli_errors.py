@@ -16,7 +16,7 @@ import torch
 from tacitbayes.cli import main
 from tacitbayes.errors import DataError, TrainingDivergedError
 
-COMMANDS = ("compare", "linsys", "eos", "bound", "continual")
+COMMANDS = ("compare", "linsys", "eos", "bound", "continual", "generative")
 
 
 def _one_line(argv: list[str], capsys, code: int, match: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 from tacitbayes.cli import COMMANDS, build_parser
 from tacitbayes.experiments.compare.catalog import METHODS
 
-COMMAND_NAMES = ("compare", "linsys", "eos", "bound", "continual")
+COMMAND_NAMES = ("compare", "linsys", "eos", "bound", "continual", "generative")
 HEAVY = ("torch", "sklearn", "matplotlib", "scipy")
 
 # Runs main() on each argv of argv.json and writes the exit codes and the heavy modules

@@ -60,6 +60,7 @@ BASES: dict[str, list[str]] = {
     "eos": ["--quick", "--n-train", "40", "--steps", "10", "--width", "8", "--no-ivon"],
     "bound": ["--quick", "--n-train", "60", "--epochs", "1", "--width", "8"],
     "continual": ["--n-train", "60", "--epochs", "1", "--width", "8", "--strengths", "1"],
+    "generative": ["--quick", "--n-train", "60", "--epochs", "1", "--n-eval", "20"],
 }
 # Values by the option's argparse type: (valid, invalid). Valid sizes stay small.
 BY_TYPE: dict[str, tuple[list[str], list[str]]] = {
@@ -105,6 +106,10 @@ BY_NAME: dict[str, tuple[list[str], list[str]]] = {
     "--kind": (["kl_inverse", "mcallester", "catoni"], ["nope"]),
     "--dataset": (["digits"], ["nope", ""]),  # other data sets: see ``cases``
 }
+# Per command, options whose values differ from BY_NAME's: (valid, invalid).
+BY_COMMAND: dict[tuple[str, str], tuple[list[str], list[str]]] = {
+    ("generative", "--model"): (["vae_mlp", "vae_conv"], ["mlp", "nope", ""]),
+}
 SIZE_FLAGS = ("--epochs", "--steps", "--n-train", "--trials", "--n", "--d", "--k")
 PATH_FLAGS = ("--data-dir", "--ood-data-dir", "--checkpoint", "--out")
 UNFUZZED = ("--help", "--debug", "--no-progress", *PATH_FLAGS)
@@ -129,6 +134,8 @@ def _options(command: str) -> dict[str, tuple[list[str], list[str]] | None]:
             options[flag] = None
         elif action.choices:
             options[flag] = ([str(c) for c in action.choices], ["nope", ""])
+        elif (command, flag) in BY_COMMAND:
+            options[flag] = BY_COMMAND[command, flag]
         elif flag in BY_NAME:
             options[flag] = BY_NAME[flag]
         else:
@@ -305,7 +312,7 @@ def _materialize(case: dict, root: Path) -> tuple[list[str], Path]:
     if case["dataset"] not in (None, "digits"):  # tiny generated files, never a full data set
         argv += ["--dataset", case["dataset"]]
         argv += ["--data-dir", str(idx if case["dataset"] == "fashion-mnist" else mnist)]
-        if argv[0] == "compare":
+        if argv[0] in ("compare", "generative"):
             argv += ["--ood-data-dir", str(mnist)]
     argv += ["--no-progress", "--out", str(root / "out")]
     for flag, where in case["paths"]:

@@ -40,6 +40,7 @@ COMMANDS = (
     "tacitbayes.experiments.eos.cli",
     "tacitbayes.experiments.bound.cli",
     "tacitbayes.experiments.continual.cli",
+    "tacitbayes.experiments.generative.cli",
 )
 DEBUG_HELP = "show the traceback of a failure instead of a one-line message"
 

@@ -46,7 +46,10 @@ def test_forward_shape_finite_and_gradient_reaches_every_parameter(name, shape) 
 
 
 def test_unknown_name_lists_available() -> None:
-    with pytest.raises(InputError, match="unknown model 'foo'; available: lenet, mlp, resnet, vae_conv, vae_mlp, vit"):
+    with pytest.raises(
+        InputError,
+        match="unknown model 'foo'; available: lenet, mlp, resnet, vae_conv, vae_mlp, vit",
+    ):
         build_model("foo", (1, 8, 8), 10)
 
 
