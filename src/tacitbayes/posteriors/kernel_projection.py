@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from tacitbayes.batches import Inputs, map_inputs, slice_inputs
 from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
-from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross
+from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross, ntk_diagonal
 from tacitbayes.distributed import all_gather_cat, all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.linalg import cg
@@ -263,15 +263,30 @@ def _left_singular(B: Tensor, sharded: bool) -> tuple[Tensor, Tensor]:
 class NystromPreconditioner:
     """M⁻¹ ≈ K⁻¹ from a rank-ℓ Nyström approximation K ≈ C W⁺ Cᵀ (C = K[:, S], W = K[S, S]).
 
+    With ``scale`` = d^{-1/2} (d = diag K, this rank's rows) and ``core_scale`` = d_S^{-1/2},
+    the approximation is of the Jacobi-scaled kernel D^{-1/2} K D^{-1/2} (unit diagonal)
+    and M⁻¹ = D^{-1/2} P̂ D^{-1/2}: rows of very different norms (per-example loss gradients
+    span orders of magnitude) no longer dominate the spectrum that the Nyström part sees.
     With ``sharded=True`` (under torch.distributed) ``columns`` holds this rank's rows of C,
     the eigenvectors are kept sharded the same way, and every application all-reduces one
     ℓ×k block: nothing of size N is communicated.
     """
 
     def __init__(
-        self, columns: Tensor, core: Tensor, rel_cutoff: float = 1e-8, sharded: bool = False
+        self,
+        columns: Tensor,
+        core: Tensor,
+        rel_cutoff: float = 1e-8,
+        sharded: bool = False,
+        scale: Tensor | None = None,
+        core_scale: Tensor | None = None,
     ) -> None:
         columns, core = columns.to(torch.float64), core.to(torch.float64)
+        self.scale = None if scale is None else scale.to(torch.float64)[:, None]
+        if scale is not None and core_scale is not None:
+            cs = core_scale.to(torch.float64)
+            columns = self.scale * columns * cs[None, :]
+            core = cs[:, None] * core * cs[None, :]
         chol = jittered_cholesky(core, "the Nyström core K[S, S]", jitter=JITTER)
         B = torch.linalg.solve_triangular(chol, columns.T, upper=False).T  # C L⁻ᵀ
         U, s = _left_singular(B, sharded)
@@ -285,29 +300,49 @@ class NystromPreconditioner:
         return int(self.values.numel())
 
     def __call__(self, R: Tensor) -> Tensor:
-        """λ_ℓ U Λ⁻¹ Uᵀ R + (R − U Uᵀ R)."""
+        """λ_ℓ U Λ⁻¹ Uᵀ R + (R − U Uᵀ R) (between the two D^{-1/2} when Jacobi-scaled)."""
         R64 = R.to(torch.float64)
+        if self.scale is not None:
+            R64 = self.scale * R64
         coef = self.vectors.T @ R64
         if self.sharded:
             all_reduce_(coef)
-        scale = (self.values[-1] / self.values)[:, None]
-        return (R64 + self.vectors @ ((scale - 1.0) * coef)).to(R.dtype)
+        shrink = (self.values[-1] / self.values)[:, None]
+        out = R64 + self.vectors @ ((shrink - 1.0) * coef)
+        if self.scale is not None:
+            out = self.scale * out
+        return out.to(R.dtype)
 
 
 def nystrom_preconditioner(
-    jac: DataJacobian, rank: int, generator: torch.Generator
+    jac: DataJacobian, rank: int, generator: torch.Generator, jacobi: bool = True
 ) -> NystromPreconditioner:
-    """Nyström preconditioner from the kernel columns of ⌈rank/O⌉ random examples."""
+    """Nyström preconditioner from the kernel columns of ⌈rank/O⌉ random examples (Jacobi-scaled by default)."""
     n_examples = max(1, min(jac.n_data, math.ceil(rank / jac.n_outputs)))
     chosen = torch.randperm(jac.n_data, generator=generator)[:n_examples].sort().values
     subset = jacobian_factors(jac, chosen)
     # stream the loader: only the subset's factors stay in memory; this rank's rows of C
-    blocks = [ntk_cross([factors], subset) for factors in iter_factors(jac)]
+    blocks, diagonals = [], []
+    for factors in iter_factors(jac):
+        blocks.append(ntk_cross([factors], subset))
+        diagonals.append(ntk_diagonal(factors))
     width = sum(f.n * f.n_outputs for f in subset)
     empty = torch.zeros(0, width, dtype=torch.float64, device=jac.device)
     C = torch.cat(blocks) if blocks else empty
     core = ntk_cross(subset, subset)
-    return NystromPreconditioner(C, core, sharded=jac.distributed)
+    if not jacobi:
+        return NystromPreconditioner(C, core, sharded=jac.distributed)
+    d = torch.cat(diagonals) if diagonals else torch.zeros(0, dtype=torch.float64)
+    d_subset = torch.cat([ntk_diagonal(f) for f in subset])
+    return NystromPreconditioner(
+        C, core, sharded=jac.distributed, scale=_inverse_sqrt(d), core_scale=_inverse_sqrt(d_subset)
+    )
+
+
+def _inverse_sqrt(d: Tensor) -> Tensor:
+    """d^{-1/2} for the positive entries of a kernel diagonal, 1 where a row is zero."""
+    d = d.to(torch.float64)
+    return torch.where(d > 0, d.clamp_min(1e-300).rsqrt(), torch.ones_like(d))
 
 
 def nystrom_projection(
