@@ -57,7 +57,13 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         "--solver",
         default="auto",
         choices=("auto", "gram", "nystrom", "krylov"),
-        help="projection solver (auto: the dense Gram when it fits in memory, else Nyström)",
+        help="projection solver (auto: the dense Gram when it fits in --memory-gb, else Nyström)",
+    )
+    p.add_argument(
+        "--memory-gb",
+        type=positive_float,
+        default=4.0,
+        help="memory for the projection's kernel matrices: the dense Gram needs 16·N² bytes",
     )
     p.add_argument("--checkpoint", help="load trained VAE weights instead of training")
     p.add_argument(

@@ -82,6 +82,7 @@ class GenerativeSettings:
     n_samples: int | None = None
     sampled: bool = False  # sampled-network predictive instead of the linearised one
     solver: str = "auto"
+    memory_gb: float = 4.0  # the projection's kernel budget (gram when 16·N² bytes fit)
     checkpoint: str | None = None
     resume: bool = False
     seed: int = 0
@@ -124,7 +125,7 @@ class GenerativeSettings:
             s.channels = base["channels"]
         check_positive_ints(s, "epochs", "batch_size", "latent", "n_eval", "n_samples")
         check_positive_ints(s, "width", "channels", "n_train", "threads", optional=True)
-        check_positive_numbers(s, "lr")
+        check_positive_numbers(s, "lr", "memory_gb")
         check_device(s.device)
         return s
 
@@ -196,7 +197,12 @@ def _fit(s: GenerativeSettings, vae: nn.Module, data: DataBundle) -> dict[str, A
     torch.manual_seed(s.seed)
     projected, projected_seconds = timed(
         lambda: VAEProjectedPosterior(
-            vae, params, solver=s.solver, seed=s.seed, progress=s.progress
+            vae,
+            params,
+            solver=s.solver,
+            seed=s.seed,
+            progress=s.progress,
+            memory_budget=max(1, int(s.memory_gb * 2**30)),
         ).fit(loader, n_samples=s.n_samples)
     )
     laplace, laplace_seconds = timed(
