@@ -35,7 +35,7 @@ from torch.func import grad, vmap
 from tacitbayes.batches import FIT_BATCH_SIZE, as_loader, iter_batches
 from tacitbayes.devices import model_device, model_dtype
 from tacitbayes.errors import InputError, NotFittedError
-from tacitbayes.functional import FunctionalModel, layer_names
+from tacitbayes.functional import FunctionalModel, eval_mode, layer_names
 from tacitbayes.posteriors.predictive import sample_logits
 from tacitbayes.posteriors.projected import ProjectedPosterior
 
@@ -104,11 +104,18 @@ def _wrapped_names(vae: nn.Module, params: str | Sequence[str] | None) -> list[s
 class _SampledVAEPosterior:
     """Shared predictive of a Gaussian posterior over (part of) a VAE's parameters; subclasses give δ_s."""
 
-    def __init__(self, vae: nn.Module, params: str | Sequence[str] | None, chunk_size: int) -> None:
+    def __init__(
+        self,
+        vae: nn.Module,
+        params: str | Sequence[str] | None,
+        chunk_size: int,
+        prior_precision: float | None,
+    ) -> None:
         self.vae = check_vae(vae)
         self.param_names = _wrapped_names(vae, params)
         self.chunk_size = chunk_size
-        self.prior_precision: float | None = None
+        self.fixed_precision = prior_precision is not None  # else fit sets it by the evidence
+        self.prior_precision = prior_precision
 
     def deltas(self, n_samples: int) -> Tensor:
         """Weight perturbations δ_s = θ_s − θ*, shape (n_samples, P)."""
@@ -117,9 +124,7 @@ class _SampledVAEPosterior:
     def _samples(
         self, module: nn.Module, inputs: Tensor, n_samples: int, linearized: bool
     ) -> Tensor:
-        was = self.vae.training
-        self.vae.eval()
-        try:
+        with eval_mode(self.vae):
             logits = sample_logits(
                 module,
                 inputs,
@@ -131,8 +136,6 @@ class _SampledVAEPosterior:
             with torch.no_grad():
                 z = inputs if isinstance(module, _Decoder) else self.vae.encode(inputs[:1])[0]
                 shape = self.vae.decode(z[:1]).shape[1:]
-        finally:
-            self.vae.train(was)
         return torch.sigmoid(logits).reshape(n_samples, len(inputs), *shape)
 
     def reconstruction_samples(
@@ -170,7 +173,7 @@ class VAEProjectedPosterior(_SampledVAEPosterior):
         chunk_size: int = 8,
         **projected_options: Any,
     ) -> None:
-        super().__init__(vae, params, chunk_size)
+        super().__init__(vae, params, chunk_size, prior_precision)
         if "likelihood" in projected_options or "param_names" in projected_options:
             raise InputError("likelihood and param_names are set by the VAE posterior (use params)")
         self.projected = ProjectedPosterior(
@@ -181,19 +184,13 @@ class VAEProjectedPosterior(_SampledVAEPosterior):
             prior_precision=1.0 if prior_precision is None else prior_precision,
             **projected_options,
         )
-        self.fixed_precision = prior_precision is not None
-        self.prior_precision = prior_precision
 
     def fit(self, train_loader: Iterable[Any], n_samples: int = 32) -> VAEProjectedPosterior:
         """Take the training data (batches (x, anything), streamed) and, unless given, set α by the evidence."""
-        was = self.vae.training
-        self.vae.eval()  # z = μ_φ(x): a deterministic per-example loss
-        try:
+        with eval_mode(self.vae):  # z = μ_φ(x): a deterministic per-example loss
             self.projected.fit(train_loader)
             if not self.fixed_precision:
                 self.prior_precision = self.projected.optimize_prior_precision(n_samples=n_samples)
-        finally:
-            self.vae.train(was)
         return self
 
     def deltas(self, n_samples: int) -> Tensor:
@@ -228,9 +225,7 @@ class VAEDiagonalLaplace(_SampledVAEPosterior):
         chunk_size: int = 8,
         seed: int = 0,
     ) -> None:
-        super().__init__(vae, params, chunk_size)
-        self.fixed_precision = prior_precision is not None
-        self.prior_precision = prior_precision
+        super().__init__(vae, params, chunk_size, prior_precision)
         self.seed = seed
         self.diagonal: Tensor | None = None
         self.theta: Tensor | None = None
@@ -247,16 +242,12 @@ class VAEDiagonalLaplace(_SampledVAEPosterior):
 
         per_example = vmap(grad(loss), in_dims=(None, 0))
         diagonal = {k: torch.zeros_like(v) for k, v in params.items()}
-        was = self.vae.training
-        self.vae.eval()
-        try:
+        with eval_mode(self.vae):
             loader = as_loader(train_loader, FIT_BATCH_SIZE, what="train_loader")
             for x, _ in iter_batches(loader, device, dtype):
                 for chunk in x.split(64):
                     for k, g in per_example(params, chunk).items():
                         diagonal[k] += g.square().sum(0)
-        finally:
-            self.vae.train(was)
         self.diagonal = torch.cat([d.reshape(-1) for d in diagonal.values()])
         self.theta = torch.cat([p.reshape(-1) for p in params.values()])
         if not self.fixed_precision:

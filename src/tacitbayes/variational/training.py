@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from tacitbayes import distributed as D
 from tacitbayes.batches import as_loader, iter_batches, n_batches, n_examples, slice_inputs
+from tacitbayes.checkpoints import RESUME_SETTINGS as MAP_RESUME_SETTINGS
 from tacitbayes.checkpoints import EpochCheckpoints
 from tacitbayes.devices import model_device, model_dtype
 from tacitbayes.errors import InputError, TrainingDivergedError
@@ -45,18 +46,8 @@ from tacitbayes.variational.model import VariationalModel
 __all__ = ["IBVIConfig", "IBVIResult", "train_ibvi"]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
-# Settings that define IBVI's optimisation path: a resumed run must use the same ones.
-RESUME_SETTINGS = (
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "batch_size",
-    "n_samples",
-    "loss",
-    "schedule",
-    "seed",
-)
+# Settings that define IBVI's optimisation path: MAP training's, and the samples per step.
+RESUME_SETTINGS = (*MAP_RESUME_SETTINGS, "n_samples")
 
 
 @dataclass
