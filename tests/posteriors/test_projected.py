@@ -66,6 +66,7 @@ def _dense_loss_projector(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     "solver, options",
     [
         ("gram", {"tol": 1e-12}),
+        ("gram_float32", {"tol": 1e-12}),
         ("nystrom", {"tol": 1e-12, "nystrom_rank": 9}),
         ("krylov", {"tol": 1e-12, "max_iters": 500}),
         ("alternating", {"tol": 1e-12, "n_sweeps": 200}),
@@ -98,7 +99,11 @@ def test_auto_solver_follows_the_memory_budget() -> None:
     rows = 10 * 3
     assert ProjectedPosterior(model).fit(_loader(x, y)).solver_used == "gram"
     small = ProjectedPosterior(model, memory_budget=2 * 8 * rows * rows - 1).fit(_loader(x, y))
-    assert small.solver_used == "nystrom"
+    assert small.solver_used == "gram_float32"  # 4·rows² bytes and the float32 factors fit
+    smaller = ProjectedPosterior(model, memory_budget=4 * rows * rows).fit(_loader(x, y))
+    assert smaller.solver_used == "nystrom"
+    with pytest.raises(InputError, match="memory_budget"):
+        ProjectedPosterior(model, solver="gram_float32", memory_budget=1000).fit(_loader(x, y))
     with pytest.raises(InputError, match="memory_budget"):
         ProjectedPosterior(model, solver="gram", memory_budget=1000).fit(_loader(x, y))
 

@@ -35,6 +35,7 @@ __all__ = [
     "kernel_factors",
     "ntk_blocks",
     "ntk_cross",
+    "ntk_cross_block",
     "ntk_diagonal",
     "ntk_gram",
 ]
@@ -265,10 +266,12 @@ def _explicit_rows(
     return torch.cat([jac[k].reshape(n, jac[k].shape[1], -1) for k in names], -1)
 
 
-def _cross(left: KernelFactors, right: KernelFactors) -> Tensor:
-    """K between the rows of two batches: (N·O_left, M·O_right)."""
+def ntk_cross_block(
+    left: KernelFactors, right: KernelFactors, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """K between the rows of two batches: (N·O_left, M·O_right), accumulated in ``dtype``."""
     n, m, o1, o2 = left.n, right.n, left.n_outputs, right.n_outputs
-    out = torch.zeros(n * o1, m * o2, dtype=torch.float64, device=_device(left))
+    out = torch.zeros(n * o1, m * o2, dtype=dtype, device=_device(left))
     view = out.view(n, o1, m, o2)
     for (a1, g1, bias), (a2, g2, _) in zip(left.hadamard, right.hadamard, strict=True):
         gg = (g1.reshape(n * o1, -1) @ g2.reshape(m * o2, -1).T).view(n, o1, m, o2)
@@ -291,7 +294,7 @@ def _device(f: KernelFactors) -> torch.device:
 def ntk_cross(left: Iterable[KernelFactors], right: Sequence[KernelFactors]) -> Tensor:
     """The kernel block K_{LR} between two sets of factors, rows stacked in batch order."""
     right = list(right)
-    rows = [torch.cat([_cross(fl, fr) for fr in right], 1) for fl in left]
+    rows = [torch.cat([ntk_cross_block(fl, fr) for fr in right], 1) for fl in left]
     if not rows:
         raise InputError("no batch to build a kernel from")
     return torch.cat(rows)
@@ -309,7 +312,7 @@ def ntk_gram(factors: Sequence[KernelFactors]) -> Tensor:
     for i, fi in enumerate(factors):
         rows = slice(starts[i], starts[i] + sizes[i])
         for j in range(i, len(factors)):
-            block = _cross(fi, factors[j])
+            block = ntk_cross_block(fi, factors[j])
             out[rows, starts[j] : starts[j] + sizes[j]] = block
             if j > i:
                 out[starts[j] : starts[j] + sizes[j], rows] = block.T

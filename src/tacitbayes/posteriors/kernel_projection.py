@@ -65,7 +65,9 @@ __all__ = [
 JITTER = 1e-10
 
 
-def _factors(jac: DataJacobian, x: Inputs, y: Tensor) -> KernelFactors:
+def _factors(
+    jac: DataJacobian, x: Inputs, y: Tensor, dtype: torch.dtype = torch.float64
+) -> KernelFactors:
     return kernel_factors(
         jac.fmodel.module,
         x,
@@ -73,6 +75,7 @@ def _factors(jac: DataJacobian, x: Inputs, y: Tensor) -> KernelFactors:
         outputs=jac.outputs,
         loss=jac.loss_name,
         param_names=list(jac.params),
+        dtype=dtype,
         max_explicit_bytes=2**62,  # the pieces are sized by factor_bytes_per_example
     )
 
@@ -85,7 +88,10 @@ def factor_bytes_per_example(jac: DataJacobian) -> int:
 
 
 def iter_factors(
-    jac: DataJacobian, indices: Tensor | None = None, max_bytes: int | None = None
+    jac: DataJacobian,
+    indices: Tensor | None = None,
+    max_bytes: int | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> Iterator[KernelFactors]:
     """Kernel factors batch by batch, streamed (or of the examples at sorted ``indices`` only).
 
@@ -102,7 +108,7 @@ def iter_factors(
             x, y = map_inputs(lambda t, rows=local: t[rows], x), y[local]
         step = items_per_chunk(per_example, len(y), max_bytes)
         for lo in range(0, len(y), step):
-            yield _factors(jac, slice_inputs(x, lo, lo + step), y[lo : lo + step])
+            yield _factors(jac, slice_inputs(x, lo, lo + step), y[lo : lo + step], dtype)
 
 
 def jacobian_factors(jac: DataJacobian, indices: Tensor | None = None) -> list[KernelFactors]:
@@ -352,8 +358,11 @@ def nystrom_projection(
     tol: float = 1e-3,
     max_iters: int = 300,
     progress: bool = False,
+    solver: str = "nystrom",
 ) -> tuple[Tensor, ProjectionInfo]:
     """𝒫V = V − Jᵀ U, K U = J V by CG on the matrix-free K = J Jᵀ, preconditioned.
+
+    ``solver`` names the preconditioner in the returned info (``nystrom``, ``gram_float32``).
 
     Under torch.distributed U, the residuals and CG's vectors stay sharded (this rank's
     rows of the data space); an iteration all-reduces one P·k block and k-number sums.
@@ -365,11 +374,13 @@ def nystrom_projection(
         bar.update(1)
         return jac.local_matmat(jac.local_rmatmat(W))
 
-    info = ProjectionInfo(solver="nystrom")
+    info = ProjectionInfo(solver=solver)
     B = jac.local_matmat(V)
     b_norm = jac.row_norms(B)
     PV, R = V.clone(), B
     passes, iterations, history = 0.5, 0, []
+    res = torch.ones_like(b_norm)
+    worst = math.inf
     inner_tol = 0.5 * tol
     # CG aims at half the tolerance (its recurrence residual drifts from the true one);
     # the residual is then measured with the Jacobian and CG restarts on it if needed
@@ -385,12 +396,16 @@ def nystrom_projection(
         scale = float(jac.row_norms(R).max() / b_norm.max().clamp_min(1e-300))
         history += [h * scale for h in cg_info.relative_residual_history]
         iterations += cg_info.iterations
+        previous = (PV, R, res, worst)
         PV = PV - jac.local_rmatmat(U)
         R = jac.local_matmat(PV)
         passes += cg_info.operator_applications + 1.0
         res = jac.row_norms(R) / b_norm.clamp_min(1e-300)
         res = torch.where(b_norm > 0, res, torch.zeros_like(res))
         worst = float(res.max())
+        if worst > previous[3]:  # rounding dominates (a tol below the precision): keep the best
+            PV, R, res, worst = previous
+            break
         if worst <= tol or iterations >= max_iters or cg_info.iterations == 0:
             break
         inner_tol = 0.5 * tol / worst  # relative to the new right-hand side R

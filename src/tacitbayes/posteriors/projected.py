@@ -14,8 +14,9 @@ Usage, as laplace-torch users expect::
     cov = post.linearized_covariance(x)        # sample-free α⁻¹(K** − K*X K⁺ K_X*)
 
 Solvers (``solver=``): ``"auto"`` (default) picks ``"gram"`` when the dense NTK Gram
-K = J Jᵀ and its Cholesky factor fit in ``memory_budget`` bytes, ``"nystrom"``
-otherwise; ``"krylov"`` (LSQR on J) and ``"alternating"`` (the paper's sweeps, which
+K = J Jᵀ and its Cholesky factor fit in ``memory_budget`` bytes in float64,
+``"gram_float32"`` (CG preconditioned by the in-place float32 Cholesky factor of the
+Jacobi-scaled K, :mod:`kernel_cholesky`) when K fits in float32, ``"nystrom"`` otherwise; ``"krylov"`` (LSQR on J) and ``"alternating"`` (the paper's sweeps, which
 keep the batches in memory) are references. See :mod:`kernel_projection`.
 
 torch.distributed: give every rank the same loaders; each reads its shard (:class:`DataJacobian`).
@@ -57,6 +58,11 @@ from tacitbayes.curvature.ntk import (
 from tacitbayes.distributed import is_distributed
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel
+from tacitbayes.posteriors.kernel_cholesky import (
+    CholeskyPreconditioner,
+    cholesky_preconditioner,
+    float32_gram_bytes,
+)
 from tacitbayes.posteriors.kernel_projection import (
     GramSolver,
     NystromPreconditioner,
@@ -85,7 +91,7 @@ from tacitbayes.search import check_grid_edge
 
 __all__ = ["ProjectedPosterior"]
 
-SOLVERS = ("auto", "gram", "nystrom", "krylov", "alternating")
+SOLVERS = ("auto", "gram", "gram_float32", "nystrom", "krylov", "alternating")
 LIKELIHOODS = {
     "classification": "cross_entropy",
     "binary": "binary_cross_entropy",
@@ -193,7 +199,7 @@ class ProjectedPosterior:
         self._inverses: list[BatchInverse] | None = None
         self._gram: GramSolver | None = None
         self._factors: list[KernelFactors] | None = None
-        self._nystrom: NystromPreconditioner | None = None
+        self._preconditioner: NystromPreconditioner | CholeskyPreconditioner | None = None
         self._theta: Tensor | None = None
         self._eps = torch.empty(0)
         self._projected = torch.empty(0)
@@ -222,7 +228,12 @@ class ProjectedPosterior:
     def _choose_solver(self, rows: int) -> str:
         if self.solver != "auto":
             return self.solver
-        return "gram" if 2 * 8 * rows * rows <= self.memory_budget else "nystrom"
+        if 2 * 8 * rows * rows <= self.memory_budget:
+            return "gram"
+        jac = self._fitted()
+        if not jac.distributed and float32_gram_bytes(jac) <= self.memory_budget:
+            return "gram_float32"
+        return "nystrom"
 
     def fit(self, train_loader: Iterable[Any]) -> ProjectedPosterior:
         """Take the training data that defines null(J) (every batch of the loader, streamed).
@@ -238,7 +249,7 @@ class ProjectedPosterior:
         self._theta = self._jac.params_flat()
         rows = self._jac.shape[0]
         self.solver_used = self._choose_solver(rows)
-        self._gram = self._factors = self._nystrom = None
+        self._gram = self._factors = self._preconditioner = None
         self._small_jac = self._inverses = None
         if self.solver_used == "gram":
             self._factors = self._gram_factors(rows)
@@ -254,7 +265,9 @@ class ProjectedPosterior:
             )
             rank = max(1, rank)
             gen = torch.Generator().manual_seed(self.seed)
-            self._nystrom = nystrom_preconditioner(self._jac, rank, gen)
+            self._preconditioner = nystrom_preconditioner(self._jac, rank, gen)
+        if self.solver_used == "gram_float32":
+            self._preconditioner = cholesky_preconditioner(self._jac, self.memory_budget)
         if self.solver_used == "alternating":
             self._small_jac = self._jacobian(
                 _Pairs(train_loader, self.projection_batch_size), cache=True
@@ -310,14 +323,15 @@ class ProjectedPosterior:
             raise InputError(f"V must have shape ({jac.shape[1]}, k), got {tuple(V.shape)}")
         if self.solver_used == "gram" and self._gram is not None:
             return gram_projection(jac, V, self._gram, tol=self.tol)
-        if self.solver_used == "nystrom":
+        if self.solver_used in ("nystrom", "gram_float32"):
             return nystrom_projection(
                 jac,
                 V,
-                self._nystrom,
+                self._preconditioner,
                 tol=self.tol,
                 max_iters=self.max_iters,
                 progress=self.progress,
+                solver=self.solver_used,
             )
         if self.solver_used == "alternating":
             if self._small_jac is None or self._inverses is None:

@@ -56,14 +56,20 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--solver",
         default="auto",
-        choices=("auto", "gram", "nystrom", "krylov"),
-        help="projection solver (auto: the dense Gram when it fits in --memory-gb, else Nyström)",
+        choices=("auto", "gram", "gram_float32", "nystrom", "krylov"),
+        help=(
+            "projection solver (auto: the dense Gram when it fits in --memory-gb in float64, "
+            "else CG preconditioned by its float32 Cholesky factor when that fits, else Nyström)"
+        ),
     )
     p.add_argument(
         "--memory-gb",
         type=positive_float,
         default=4.0,
-        help="memory for the projection's kernel matrices: the dense Gram needs 16·N² bytes",
+        help=(
+            "memory for the projection's kernel matrices: the dense Gram needs 16·N² bytes, "
+            "its float32 factor 4·N²"
+        ),
     )
     p.add_argument("--checkpoint", help="load trained VAE weights instead of training")
     p.add_argument(

@@ -55,7 +55,7 @@ __all__ = ["GenerativeSettings", "run_generative"]
 
 MODELS = ("vae_mlp", "vae_conv")
 PARAMS = ("all", "decoder")
-SOLVERS = ("auto", "gram", "nystrom", "krylov")
+SOLVERS = ("auto", "gram", "gram_float32", "nystrom", "krylov")
 DEFAULT_EPOCHS = {"digits": 50, "fashion-mnist": 20, "mnist": 20}
 DEFAULTS = {"n_eval": 2000, "n_samples": 16, "width": 512, "channels": 32}
 QUICK = {"epochs": 3, "n_train": 300, "n_eval": 100, "n_samples": 4, "width": 64, "channels": 8}
