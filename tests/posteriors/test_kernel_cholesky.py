@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -51,14 +50,21 @@ def test_the_preconditioner_is_the_scaled_jittered_inverse(
     assert float((got - expected).norm() / expected.norm()) < 1e-4
 
 
-def test_the_factor_overwrites_the_kernel_in_place() -> None:
+def test_the_factor_overwrites_the_kernel_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    original = kernel_cholesky.CholeskyPreconditioner._scaled_kernel
+
+    def recording(self, chunks, jitter):  # noqa: ANN001, ANN202
+        kernel = original(self, chunks, jitter)
+        built.append(kernel.data_ptr())
+        return kernel
+
+    monkeypatch.setattr(kernel_cholesky.CholeskyPreconditioner, "_scaled_kernel", recording)
     jac = _fitted()._jac
     pre = kernel_cholesky.cholesky_preconditioner(jac, 2**30)
-    factor = pre._factor
     rows = jac.shape[0]
-    assert isinstance(factor, np.ndarray) and factor.dtype == np.float32
-    assert factor.shape == (rows, rows) and factor.flags.f_contiguous
-    assert factor.base is not None  # a view of the kernel's own memory, not a copy
+    assert pre._factor.dtype == torch.float32 and pre._factor.shape == (rows, rows)
+    assert built == [pre._factor.data_ptr()]  # one kernel, factored where it was written
 
 
 def test_a_failed_factorisation_rebuilds_the_kernel_with_the_next_jitter(

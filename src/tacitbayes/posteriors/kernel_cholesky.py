@@ -5,16 +5,16 @@ memory budget but whose float32 kernel (4·N² bytes) fits. The scaled kernel
 
     K̃ = D^{-1/2} K D^{-1/2} + μI,   D = diag K  (so diag K̃ = 1 + μ),
 
-is written once, its upper triangle only, into one float32 matrix from the per-layer
-Jacobian factors (never J), and overwritten by its Cholesky factor (LAPACK ``spotrf`` in
-place on the CPU). The preconditioner is M⁻¹ = D^{-1/2} K̃⁻¹ D^{-1/2} (two triangular
+is written once, its lower triangle only, into one float32 matrix from the per-layer
+Jacobian factors (never J), and overwritten by its Cholesky factor in place
+(:mod:`tacitbayes.linalg.blocked_cholesky`). The preconditioner is M⁻¹ = D^{-1/2} K̃⁻¹ D^{-1/2} (two triangular
 solves). CG on the exact matrix-free K (:func:`kernel_projection.nystrom_projection`'s
 loop: a VJP and a JVP pass per iteration) then removes the float32 rounding and the jitter
 μ, so the projection meets the same null-space tolerance as the float64 ``gram`` solver;
 eigen-directions with λ ≫ μ converge in the first iteration.
 
-Memory: 4·N² bytes for the kernel (8·N² on a GPU, where the factor is not computed in
-place) plus the float32 Jacobian factors of all N examples. Time: the kernel costs
+Memory: 4·N² bytes for the kernel and its factor, plus the float32 Jacobian factors of
+all N examples and one N × 2,048 panel. Time: the kernel costs
 N²·Σ_l (d_in + d_out) multiply-adds, the factorisation N³/3.
 """
 
@@ -24,15 +24,13 @@ import time
 import warnings
 from collections.abc import Iterable
 
-import numpy as np
 import torch
-from scipy.linalg import lapack
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, ntk_cross_block, ntk_diagonal
 from tacitbayes.errors import InputError
+from tacitbayes.linalg.blocked_cholesky import cholesky_in_place_, cholesky_solve_blocked
 from tacitbayes.posteriors.kernel_projection import factor_bytes_per_example, iter_factors
 
 __all__ = ["CholeskyPreconditioner", "cholesky_preconditioner", "float32_gram_bytes"]
@@ -42,10 +40,9 @@ CHUNK_ROWS = 2048  # rows of the kernel blocks written at once
 
 
 def float32_gram_bytes(jac: DataJacobian) -> int:
-    """Memory of the float32 path: the kernel (and, off the CPU, its factor) and the factors."""
+    """Memory of the float32 path: the kernel (overwritten by its factor) and the factors."""
     rows = jac.shape[0]
-    kernel = (4 if jac.device.type == "cpu" else 8) * rows * rows
-    return kernel + factor_bytes_per_example(jac) * jac.n_data // 2  # float32 factors
+    return 4 * rows * rows + factor_bytes_per_example(jac) * jac.n_data // 2  # float32
 
 
 def _merge(parts: list[KernelFactors]) -> KernelFactors:
@@ -95,8 +92,8 @@ class CholeskyPreconditioner:
         for i, jitter in enumerate(JITTERS):
             factor = self._scaled_kernel(chunks, jitter)
             self.build_seconds = time.perf_counter() - start
-            ok = self._factorize(factor)
-            if ok:
+            if cholesky_in_place_(factor):
+                self._factor = factor
                 if i > 0:
                     warnings.warn(
                         "the Jacobi-scaled NTK Gram matrix is not numerically positive definite "
@@ -108,57 +105,34 @@ class CholeskyPreconditioner:
                 self.factor_seconds = time.perf_counter() - start - self.build_seconds
                 return
             del factor
-            self._factor = None
         raise InputError(
             "the Jacobi-scaled NTK Gram matrix is not positive definite in float32 even with "
             f"jitter {JITTERS[-1]:g}; use solver='gram' with a larger memory_budget or 'nystrom'"
         )
 
     def _scaled_kernel(self, chunks: list[KernelFactors], jitter: float) -> Tensor:
-        """The upper triangle (row-major) of D^{-1/2} K D^{-1/2} + μI in one float32 matrix."""
+        """The lower triangle (row-major) of D^{-1/2} K D^{-1/2} + μI in one float32 matrix."""
         out = torch.empty(self.rows, self.rows, dtype=torch.float32, device=self.device)
         scale = self.scale.to(device=self.device, dtype=torch.float32)
-        cpu = self.device.type == "cpu"
-        starts = np.cumsum([0] + [c.n * c.n_outputs for c in chunks])
+        starts = [0]
+        for c in chunks:
+            starts.append(starts[-1] + c.n * c.n_outputs)
         for i, ci in enumerate(chunks):
-            rows = slice(int(starts[i]), int(starts[i + 1]))
-            for j in range(i, len(chunks)):
-                cols = slice(int(starts[j]), int(starts[j + 1]))
+            rows = slice(starts[i], starts[i + 1])
+            for j in range(i + 1):
+                cols = slice(starts[j], starts[j + 1])
                 block = ntk_cross_block(ci, chunks[j], torch.float32)
-                block.mul_(scale[rows, None]).mul_(scale[None, cols])
-                out[rows, cols] = block
-                if j > i and not cpu:  # the GPU factorisation reads the whole matrix
-                    out[cols, rows] = block.T
+                out[rows, cols] = block.mul_(scale[rows, None]).mul_(scale[None, cols])
         out.diagonal().add_(jitter)
         return out
-
-    def _factorize(self, kernel: Tensor) -> bool:
-        """Overwrite ``kernel`` by its Cholesky factor (kept as self._factor); False if not PD."""
-        if kernel.device.type != "cpu":
-            factor, info = torch.linalg.cholesky_ex(kernel, upper=True)
-            self._factor = factor
-            return int(info) == 0
-        # the row-major upper triangle is the lower triangle of the column-major transpose
-        lower = kernel.numpy().T
-        with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-            c, info = lapack.spotrf(lower, lower=1, overwrite_a=1, clean=0)
-        self._factor = c  # the same memory as ``kernel`` (overwrite_a on a column-major array)
-        return int(info) == 0
 
     def __call__(self, R: Tensor) -> Tensor:
         """D^{-1/2} K̃⁻¹ D^{-1/2} R for R of shape (rows, k)."""
         if R.shape[0] != self.rows:
             raise InputError("the preconditioner was built for a different data set")
         scale = self.scale.to(R.device)[:, None]
-        S = (scale * R.to(torch.float64)).to(torch.float32)
-        if isinstance(self._factor, Tensor):  # on the GPU: upper factor, Kᵀ = UᵀU
-            X = torch.cholesky_solve(S.to(self._factor.device), self._factor, upper=True)
-        else:
-            with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-                x, info = lapack.spotrs(self._factor, np.asfortranarray(S.cpu().numpy()), lower=1)
-            if int(info) != 0:
-                raise RuntimeError(f"LAPACK spotrs failed with info {int(info)}")
-            X = torch.from_numpy(np.ascontiguousarray(x))
+        S = (scale * R.to(torch.float64)).to(device=self.device, dtype=torch.float32)
+        X = cholesky_solve_blocked(self._factor, S)
         return (scale * X.to(device=R.device, dtype=torch.float64)).to(R.dtype)
 
 

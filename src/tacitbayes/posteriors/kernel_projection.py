@@ -14,6 +14,9 @@ J 𝒫V = J V − K U. Two solvers of K U = J V:
   columns of a random subset of examples (Frangella, Tropp & Udell 2023):
   M⁻¹ = λ_ℓ U Λ⁻¹ Uᵀ + (I − U Uᵀ). Memory: rows × ℓ.
 
+A third, ``gram_float32`` (:mod:`kernel_cholesky`), runs this module's CG with an exact
+float32 Cholesky factor of the Jacobi-scaled K as its preconditioner.
+
 Either way the residual ‖J𝒫v‖/‖Jv‖ is measured afresh with the Jacobian at the end.
 
 Under torch.distributed (see :class:`DataJacobian`):

@@ -32,10 +32,18 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         "Hessian eigenvalue and compare it with 2/ρ and the variational threshold h_crit.",
     )
     p.add_argument("--dataset", default="digits", help="digits, fashion-mnist or mnist")
-    p.add_argument("--model", default="mlp", help="mlp (tanh), lenet or vit")
-    p.add_argument("--width", type=positive_int, help="mlp width / vit dim (default 128)")
-    p.add_argument("--depth", type=positive_int, help="mlp hidden layers / vit blocks (default 2)")
-    p.add_argument("--activation", default="tanh", help="mlp/lenet activation")
+    p.add_argument("--model", default="mlp", help="mlp (tanh), lenet, resnet (GroupNorm) or vit")
+    p.add_argument(
+        "--width",
+        type=positive_int,
+        help="mlp width / vit dim (default 128) / resnet first-stage channels (default 8)",
+    )
+    p.add_argument(
+        "--depth",
+        type=positive_int,
+        help="mlp hidden layers / vit blocks / resnet stages of one block (default 2)",
+    )
+    p.add_argument("--activation", default="tanh", help="mlp/lenet/resnet activation")
     p.add_argument("--n-train", type=positive_int, help="training subset (fashion-mnist: 2000)")
     p.add_argument("--lr", type=positive_float, help="step size ρ (digits 0.08, else 0.04)")
     p.add_argument("--steps", type=positive_int, help="full-batch steps per run (default 1500)")

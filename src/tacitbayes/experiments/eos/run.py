@@ -50,12 +50,13 @@ from tacitbayes.likelihoods import mean_loss
 from tacitbayes.models import build_model
 from tacitbayes.optim import IVON, VariationalGD
 
-MODELS = ("mlp", "lenet", "vit")
+MODELS = ("mlp", "lenet", "resnet", "vit")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"lr": 0.08, "steps": 1500, "sigmas": (0.01, 0.03), "n_train": None},
     "fashion-mnist": {"lr": 0.04, "steps": 1500, "sigmas": (0.003, 0.01), "n_train": 2000},
     "mnist": {"lr": 0.04, "steps": 1500, "sigmas": (0.003, 0.01), "n_train": 2000},
 }
+RESNET_WIDTH = 8  # channels of the first stage (GroupNorm with gcd(8, width) groups)
 QUICK = {"steps": 60, "record_every": 20, "width": 32, "n_train": 300, "n_samples": (1, 2)}
 
 
@@ -103,7 +104,10 @@ class EosSettings:
         s.steps = self.steps if self.steps is not None else base["steps"]
         s.sigmas = self.sigmas if self.sigmas is not None else base["sigmas"]
         s.n_train = self.n_train if self.n_train is not None else base["n_train"]
-        s.width = self.width if self.width is not None else base.get("width", 128)
+        default_width = RESNET_WIDTH if self.model == "resnet" else 128
+        s.width = self.width if self.width is not None else base.get("width", default_width)
+        if self.model == "resnet" and self.quick and self.width is None:
+            s.width = 4
         s.n_samples = (
             base["n_samples"] if self.quick and self.n_samples == (1, 4) else self.n_samples
         )
@@ -132,6 +136,15 @@ def _model_options(s: EosSettings) -> dict[str, Any]:
         return {"width": s.width, "depth": s.depth or 2, "activation": s.activation}
     if s.model == "lenet":
         return {"activation": s.activation}
+    if s.model == "resnet":  # GroupNorm; ``depth`` stages of one block, channels doubling
+        channels = tuple(s.width * 2**i for i in range(s.depth or 2))
+        groups = math.gcd(8, s.width)
+        return {
+            "channels": channels,
+            "blocks": 1,
+            "norm_groups": groups,
+            "activation": s.activation,
+        }
     return {"dim": s.width, "depth": s.depth or 2}
 
 
