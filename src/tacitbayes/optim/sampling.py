@@ -26,7 +26,10 @@ or, equivalently, ``opt.step(closure)`` with a closure that computes the loss an
 
 Noise comes from the optimizer's own ``torch.Generator`` (``seed``, or a seed drawn from
 torch's global RNG at construction), whose state is part of ``state_dict()``, so a run
-that is saved and loaded continues exactly as the uninterrupted run.
+that is saved and loaded continues exactly as the uninterrupted run. On the CPU the next
+sample's ε is drawn on a worker thread while the current sample's passes run
+(:mod:`tacitbayes.optim.noise_prefetch`): the same numbers in the same order;
+``optimizer.generator`` always shows the state the on-demand draws would have left.
 
 Sync mode (``sync=True``, for data parallelism in a process group; :mod:`tacitbayes.optim.sync`):
 at construction rank 0's parameters and generator state are broadcast, so every rank
@@ -52,6 +55,7 @@ from torch import Tensor, nn
 from tacitbayes.errors import InputError
 from tacitbayes.likelihoods import check_likelihood, mc_predictive
 from tacitbayes.optim import sync as S
+from tacitbayes.optim.noise_prefetch import PrefetchedNoise
 
 __all__ = ["SampledOptimizer", "check_range", "sampled_predict"]
 
@@ -109,11 +113,13 @@ class SampledOptimizer(torch.optim.Optimizer):
         self.mc_samples = mc_samples
         first = next((p for g in self.param_groups for p in g["params"]), None)
         device = first.device if first is not None else torch.device("cpu")
+        owned = generator is None
         if generator is None:
             if seed is None:
                 seed = int(torch.randint(0, 2**62, (1,)).item())
             generator = torch.Generator(device=device).manual_seed(seed)
-        self.generator = generator
+        self._noise: PrefetchedNoise | None = None
+        self._set_generator(generator, prefetch=owned)
         self.seed = seed
         self.sync = sync
         if sync and S.D.is_distributed():  # one mean and one noise stream on every rank
@@ -125,6 +131,39 @@ class SampledOptimizer(torch.optim.Optimizer):
             self.seed = int(shared[1]) if bool(shared[0]) else None
         self._active: list[tuple[Tensor, Tensor, Tensor]] | None = None
         self._work: dict[Tensor, dict[str, Tensor]] = {}  # reusable per-parameter buffers
+
+    # ------------------------------------------------------------------ noise stream
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The noise generator, in the state on-demand draws would have left (prefetch settled)."""
+        if self._noise is not None:
+            self._noise.settle()
+        return self._generator
+
+    @generator.setter
+    def generator(self, generator: torch.Generator) -> None:
+        self._set_generator(generator, prefetch=False)  # shared with the caller: on demand
+
+    def _set_generator(self, generator: torch.Generator, prefetch: bool) -> None:
+        """Use ``generator``; draw ahead only from a CPU generator of the optimizer's own
+        (a generator the caller also holds could be drawn from by both threads at once)."""
+        if self._noise is not None:
+            self._noise.reset()
+        self._generator = generator
+        on_cpu = generator.device.type == "cpu" and all(
+            p.device.type == "cpu" for g in self.param_groups for p in g["params"]
+        )
+        self._noise = PrefetchedNoise(generator) if prefetch and on_cpu else None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group (noise drawn ahead for the old groups is rewound first)."""
+        noise = getattr(self, "_noise", None)  # None while torch's __init__ adds the groups
+        if noise is not None:
+            noise.reset()
+        super().add_param_group(param_group)
+        if noise is not None:  # a group on another device turns prefetching off
+            self._set_generator(self._generator, prefetch=True)
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -175,12 +214,19 @@ class SampledOptimizer(torch.optim.Optimizer):
         """Put θ = μ + σ ⊙ ε, ε ~ N(0, I), into the parameters; restore μ on exit (collect ĝ if train)."""
         if self._active is not None:
             raise InputError("sampled_params contexts cannot be nested")
-        gen = generator if generator is not None else self.generator
+        noise: Iterator[Tensor] | None = None
+        if generator is None and self._noise is not None:  # the default stream, drawn ahead
+            params = [p for group in self.param_groups for p in group["params"]]
+            noise = iter(self._noise.take(params))
+        gen = generator if generator is not None else self._generator
         active: list[tuple[Tensor, Tensor, Tensor]] = []
         with torch.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
-                    eps = self._standard_normal(p, gen)
+                    if noise is None:
+                        eps = self._standard_normal(p, gen)
+                    else:
+                        eps = self._work.setdefault(p, {})["eps"] = next(noise)
                     mean = self._buffer(p, "mean").copy_(p)
                     factor, scalar = self._noise_scale(group, p)
                     if factor is None:
@@ -355,6 +401,8 @@ class SampledOptimizer(torch.optim.Optimizer):
             super().load_state_dict(state_dict)
         except (KeyError, ValueError) as exc:
             raise InputError(f"cannot load optimizer state: {exc}") from exc
+        if self._noise is not None:
+            self._noise.reset()
         self._work.clear()
         if sampler is not None:
             self.generator.set_state(sampler["rng_state"])
