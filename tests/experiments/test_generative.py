@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -15,7 +16,11 @@ from tacitbayes import cli
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.generative.evaluate import eval_subset, posterior_stats, spearman
 from tacitbayes.experiments.generative.grids import grid_pixels
-from tacitbayes.experiments.generative.run import GenerativeSettings
+from tacitbayes.experiments.generative.run import (
+    MEMORY_FRACTION,
+    GenerativeSettings,
+    default_memory_gb,
+)
 from tacitbayes.models import build_model
 from tacitbayes.posteriors.generative import VAEDiagonalLaplace, VAEProjectedPosterior
 
@@ -156,3 +161,10 @@ def test_eval_subset_and_spearman() -> None:
     assert eval_subset(x, 80, seed=3) is x
     assert spearman(x, x.square()) == pytest.approx(1.0)
     assert spearman(x, torch.ones(50)) is None and spearman(x[:1], x[:1]) is None
+
+
+def test_the_default_kernel_budget_is_a_share_of_physical_memory() -> None:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    assert default_memory_gb() == pytest.approx(MEMORY_FRACTION * total, abs=0.06)
+    assert GenerativeSettings().resolved().memory_gb == default_memory_gb()
+    assert GenerativeSettings(memory_gb=2.5).resolved().memory_gb == 2.5

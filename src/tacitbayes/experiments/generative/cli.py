@@ -65,10 +65,10 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--memory-gb",
         type=positive_float,
-        default=4.0,
+        default=None,
         help=(
             "memory for the projection's kernel matrices: the dense Gram needs 16·N² bytes, "
-            "its float32 factor 4·N²"
+            "its float32 factor 4·N² (default: 60%% of physical memory)"
         ),
     )
     p.add_argument("--checkpoint", help="load trained VAE weights instead of training")

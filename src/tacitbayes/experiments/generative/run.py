@@ -23,6 +23,7 @@ Writes results.json, report.md, reconstructions.png and generated.png into ``out
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -60,6 +61,9 @@ DEFAULT_EPOCHS = {"digits": 50, "fashion-mnist": 20, "mnist": 20}
 DEFAULTS = {"n_eval": 2000, "n_samples": 16, "width": 512, "channels": 32}
 QUICK = {"epochs": 3, "n_train": 300, "n_eval": 100, "n_samples": 4, "width": 64, "channels": 8}
 CHECKPOINT = "vae.pt"
+# the projection's default kernel budget, as a share of physical memory: all 55,000
+# fashion-mnist images need 12 GiB (gram_float32), so a 24 GB machine runs them at defaults
+MEMORY_FRACTION = 0.6
 FIT_BATCH = 256  # training images per batch of the posterior fits
 N_SHOWN, N_CODES, N_GENERATED = 8, 8, 4  # images per set in the grids; codes; samples per code
 
@@ -82,7 +86,7 @@ class GenerativeSettings:
     n_samples: int | None = None
     sampled: bool = False  # sampled-network predictive instead of the linearised one
     solver: str = "auto"
-    memory_gb: float = 4.0  # the projection's kernel budget (gram when 16·N² bytes fit)
+    memory_gb: float | None = None  # the projection's kernel budget (None: MEMORY_FRACTION)
     checkpoint: str | None = None
     resume: bool = False
     seed: int = 0
@@ -125,6 +129,8 @@ class GenerativeSettings:
             s.channels = base["channels"]
         check_positive_ints(s, "epochs", "batch_size", "latent", "n_eval", "n_samples")
         check_positive_ints(s, "width", "channels", "n_train", "threads", optional=True)
+        if s.memory_gb is None:
+            s.memory_gb = default_memory_gb()
         check_positive_numbers(s, "lr", "memory_gb")
         check_device(s.device)
         return s
@@ -145,6 +151,15 @@ class GenerativeSettings:
             seed=self.seed,
             progress=self.progress,
         )
+
+
+def default_memory_gb() -> float:
+    """MEMORY_FRACTION of this machine's physical memory in GiB (4 where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 4.0
+    return round(MEMORY_FRACTION * total / 2**30, 1) if total > 0 else 4.0
 
 
 def run_generative(settings: GenerativeSettings) -> dict[str, Any]:
