@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tacitbayes import cli
-from tacitbayes.experiments.eos.run import EosSettings, checks, run_specs, summarize
+from tacitbayes.experiments.eos.run import (
+    EosSettings,
+    _model_options,
+    checks,
+    run_eos,
+    run_specs,
+    summarize,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,6 +83,29 @@ def test_settings_defaults_and_run_grid() -> None:
     names = [r["name"] for r in run_specs(s)]
     assert names[0] == "gd" and names[-1] == "ivon" and len(names) == 6
     assert EosSettings(quick=True).resolved().steps == 60
+
+
+def test_resnet_options_and_a_quick_resnet_run(tmp_path: Path) -> None:
+    s = EosSettings(model="resnet").resolved()
+    assert _model_options(s) == {
+        "channels": (8, 16),
+        "blocks": 1,
+        "norm_groups": 8,
+        "activation": "tanh",
+    }
+    assert _model_options(EosSettings(model="resnet", width=12, depth=3).resolved()) == {
+        "channels": (12, 24, 48),
+        "blocks": 1,
+        "norm_groups": 4,
+        "activation": "tanh",
+    }
+    quick = EosSettings(
+        model="resnet", quick=True, steps=20, record_every=10, n_samples=(1,), ivon=False
+    )
+    results = run_eos(replace(quick, out=str(tmp_path / "eos"), progress=False))
+    assert results["model"] == "resnet" and results["model_options"]["channels"] == (4, 8)
+    assert set(results["runs"]) == {"gd", "vgd σ=0.03 Ns=1"}
+    assert all(len(r["trajectory"]) == 3 for r in results["runs"].values())
 
 
 def test_summary_and_checks_on_a_synthetic_trajectory() -> None:
