@@ -3,7 +3,9 @@
 A variational optimizer on the CPU spends a large share of a step drawing ε ~ N(0, I) for
 every weight (torch's CPU generator is sequential). :class:`PrefetchedNoise` draws the
 next sample's ε while the current sample's forward and backward passes run (torch
-releases the GIL inside its kernels), into a second set of buffers.
+releases the GIL inside its kernels), into a second set of buffers, when torch's
+intra-op threads leave a core free (with every core busy it would only slow them down:
+IVON / SGD step time 2.43 with it against 2.20 without, two threads on two cores).
 
 Exact by construction: the worker consumes the generator in the same order and amounts
 as drawing on demand, and nothing else touches the generator while a draw is in flight.
@@ -15,6 +17,7 @@ it sees exactly the state it would have seen without prefetching.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -31,6 +34,11 @@ def _executor() -> ThreadPoolExecutor:
     if _EXECUTOR is None:
         _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tacitbayes-noise")
     return _EXECUTOR
+
+
+def _spare_core() -> bool:
+    """Whether a core is left over by torch's intra-op threads (drawing ahead needs one)."""
+    return torch.get_num_threads() < (os.cpu_count() or 1)
 
 
 def _fill(buffers: Sequence[Tensor], generator: torch.Generator) -> None:
@@ -65,8 +73,9 @@ class PrefetchedNoise:
         else:
             self._current = 1 - self._current
             _fill(self._sets[self._current], self.generator)
-        self._rewind = self.generator.get_state()
-        self._future = _executor().submit(_fill, self._sets[1 - self._current], self.generator)
+        if _spare_core():  # else the worker would slow torch's own threads down
+            self._rewind = self.generator.get_state()
+            self._future = _executor().submit(_fill, self._sets[1 - self._current], self.generator)
         return self._sets[self._current]
 
     def settle(self) -> None:
