@@ -55,7 +55,7 @@ def test_quick_run_writes_results_report_and_plots(tmp_path: Path, capsys) -> No
     "argv, match",
     [
         (["--dataset", "cifar"], "unknown dataset"),
-        (["--model", "resnet"], "eos supports the models"),
+        (["--model", "vae_mlp"], "eos supports the models"),
         (["--sigmas", "0.1,-1"], "--sigmas"),
         (["--n-samples", "0"], "--n-samples"),
         (["--tail", "1.5"], "--tail"),
