@@ -153,8 +153,7 @@ class IVON(SampledOptimizer):
                 # flat views: one compiled kernel serves parameters of every shape
                 update(*(None if t is None else t.detach().view(-1) for t in tensors), *numbers)
             else:  # a non-contiguous tensor: elementwise as it is
-                ivon_update_eager_(*tensors, *numbers)
-            self._work.setdefault(p, {})["rsqrt"] = r  # r of the next samples
+                ivon_update_eager_(*tensors, *numbers)  # r, the "rsqrt" buffer, is updated
 
     # ------------------------------------------------------------------ views
 

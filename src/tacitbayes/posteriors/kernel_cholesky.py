@@ -31,7 +31,11 @@ from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, ntk_cross_block, ntk_diagonal
 from tacitbayes.errors import InputError
 from tacitbayes.linalg.blocked_cholesky import cholesky_in_place_, cholesky_solve_blocked
-from tacitbayes.posteriors.kernel_projection import factor_bytes_per_example, iter_factors
+from tacitbayes.posteriors.kernel_projection import (
+    factor_bytes_per_example,
+    iter_factors,
+    jacobi_scale,
+)
 
 __all__ = ["CholeskyPreconditioner", "cholesky_preconditioner", "float32_gram_bytes"]
 
@@ -86,7 +90,7 @@ class CholeskyPreconditioner:
                 "the NTK Gram matrix K = J Jᵀ holds NaN or infinite entries; check the model "
                 "and data for non-finite values"
             )
-        self.scale = torch.where(d > 0, d.clamp_min(1e-300).rsqrt(), torch.ones_like(d))
+        self.scale = jacobi_scale(d)
         self.rows = int(d.numel())
         start = time.perf_counter()
         for i, jitter in enumerate(JITTERS):

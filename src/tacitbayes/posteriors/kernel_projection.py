@@ -60,6 +60,7 @@ __all__ = [
     "NystromPreconditioner",
     "gram_projection",
     "iter_factors",
+    "jacobi_scale",
     "jacobian_factors",
     "nystrom_preconditioner",
     "nystrom_projection",
@@ -344,11 +345,11 @@ def nystrom_preconditioner(
     d = torch.cat(diagonals) if diagonals else torch.zeros(0, dtype=torch.float64)
     d_subset = torch.cat([ntk_diagonal(f) for f in subset])
     return NystromPreconditioner(
-        C, core, sharded=jac.distributed, scale=_inverse_sqrt(d), core_scale=_inverse_sqrt(d_subset)
+        C, core, sharded=jac.distributed, scale=jacobi_scale(d), core_scale=jacobi_scale(d_subset)
     )
 
 
-def _inverse_sqrt(d: Tensor) -> Tensor:
+def jacobi_scale(d: Tensor) -> Tensor:
     """d^{-1/2} for the positive entries of a kernel diagonal, 1 where a row is zero."""
     d = d.to(torch.float64)
     return torch.where(d > 0, d.clamp_min(1e-300).rsqrt(), torch.ones_like(d))
