@@ -228,7 +228,7 @@ class ProjectedPosterior:
     def _choose_solver(self, rows: int) -> str:
         if self.solver != "auto":
             return self.solver
-        if 2 * 8 * rows * rows <= self.memory_budget:
+        if self._gram_bytes(rows) <= self.memory_budget:
             return "gram"
         jac = self._fitted()
         if not jac.distributed and float32_gram_bytes(jac) <= self.memory_budget:
@@ -253,7 +253,6 @@ class ProjectedPosterior:
         self._small_jac = self._inverses = None
         if self.solver_used == "gram":
             self._factors = self._gram_factors(rows)
-        if self.solver_used == "gram" and self._factors is not None:
             self._gram = GramSolver(ntk_gram(self._factors))
         if self.solver_used == "nystrom":
             # the kernel columns (rows × rank) and the landmarks' factors share the budget
@@ -281,18 +280,17 @@ class ProjectedPosterior:
         self.setup_seconds = time.perf_counter() - start
         return self
 
-    def _gram_factors(self, rows: int) -> list[KernelFactors] | None:
-        """The Jacobian factors for the dense kernel, if they, K and its factor fit the budget.
-
-        Over budget: ``auto`` falls back to ``nystrom`` (None); an explicit ``gram`` raises.
-        """
+    def _gram_bytes(self, rows: int) -> int:
+        """Memory of the ``gram`` solver: K, its factor and every example's Jacobian factors."""
         jac = self._fitted()
-        need = 2 * 8 * rows * rows + factor_bytes_per_example(jac) * jac.n_data
+        return 2 * 8 * rows * rows + factor_bytes_per_example(jac) * jac.n_data
+
+    def _gram_factors(self, rows: int) -> list[KernelFactors]:
+        """The Jacobian factors for the dense kernel (InputError if they, K and its factor
+        exceed the budget; ``auto`` chose ``gram`` only if they fit)."""
+        need = self._gram_bytes(rows)
         if need <= self.memory_budget:
-            return jacobian_factors(jac)
-        if self.solver == "auto":
-            self.solver_used = "nystrom"
-            return None
+            return jacobian_factors(self._fitted())
         raise InputError(
             f"solver='gram' needs {need / 2**30:.1f} GiB for the {rows}x{rows} kernel "
             f"matrix, its factor and the Jacobian factors, over memory_budget "
