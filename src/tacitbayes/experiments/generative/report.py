@@ -105,7 +105,7 @@ def _report(results: dict[str, Any]) -> str:
         f"{results['n_ood']:,} OOD ({results['ood_dataset']}) images with "
         f"{results['n_samples']} samples of the {results['predictive']} predictive. "
         f"Projected solver: {info.get('solver')}, null-space residual "
-        f"{cell(info.get('max_residual'), '{:.2e}')}, {info.get('iterations')} iterations.",
+        f"{cell(info.get('max_residual'), '{:.2e}')}, {info.get('iterations')} iteration{'' if info.get('iterations') == 1 else 's'}.",
         "",
         f"Scores (higher = more OOD): `elbo`, the MAP VAE's negative ELBO at z = μ; "
         "`laplace_diag` and `projected`, Σ over pixels of the variance of the posterior's "
