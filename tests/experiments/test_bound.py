@@ -34,8 +34,10 @@ def test_quick_run_writes_results_report_and_plot(tmp_path: Path, capsys) -> Non
             assert row[key] >= row["emp_risk_upper"], (name, key)
         assert row["kl_inverse"] <= 1 and row["kl"] >= 0
         assert row["prior_independence"] == "verified"
-        assert row["grid_size"] == 2
-    assert set(results["priors"]["learned"]["hyperparameters"]) == {"alpha", "beta", "tau"}
+        # β ∈ {0, 1} on every layer or on the hidden layers alone: 3 options per α
+        assert row["grid_size"] == (6 if name == "learned" else 2)
+    learned = results["priors"]["learned"]["hyperparameters"]
+    assert set(learned) == {"alpha", "beta", "beta_output", "tau"}
     assert results["checks"]["bounds_above_mc_risk"]
     assert (out / "report.md").read_text().startswith("# tacitbayes bound")
     assert (out / "bounds.png").stat().st_size > 1000
@@ -55,6 +57,7 @@ def _parser() -> OneLineErrorParser:
         (["--source-classes", "0,11"], "--source-classes"),
         (["--kind", "pinsker"], "--kind"),
         (["--alphas", "1,-2"], "--alphas"),
+        (["--betas", "0,-1"], "--betas"),
         (["--mc-samples", "0"], "--mc-samples"),
     ],
 )

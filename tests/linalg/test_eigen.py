@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tacitbayes.errors import InputError
-from tacitbayes.linalg.eigen import symmetric_eigh
+from tacitbayes.linalg.eigen import psd_projection, symmetric_eigh
 from tacitbayes.posteriors.laplace import Laplace
 
 EIGH = torch.linalg.eigh  # the real one, before any monkeypatching
@@ -144,3 +144,22 @@ def test_kfac_laplace_survives_an_eigh_failure(monkeypatch: pytest.MonkeyPatch) 
     assert bool(torch.isfinite(got).all())
     # the fallback decomposes the same factor (float64, jitter 1e-10 taken back off)
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_psd_projection_is_the_nearest_psd_matrix() -> None:
+    gen = torch.Generator().manual_seed(0)
+    B = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    psd = B @ B.T
+    torch.testing.assert_close(psd_projection(psd), psd)  # already PSD: unchanged
+    lam, Q = torch.linalg.eigh(psd)
+    lam[:2] = torch.tensor([-1e-3, -2.0], dtype=torch.float64)
+    M = (Q * lam) @ Q.T
+    P = psd_projection(M + 1e-9 * torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    assert float(torch.linalg.eigvalsh(P).min()) >= -1e-12
+    expected = (Q * lam.clamp_min(0)) @ Q.T
+    torch.testing.assert_close(P, expected, atol=1e-8, rtol=0)
+    # the nearest in Frobenius norm: no random PSD matrix is closer
+    for _ in range(20):
+        C = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+        other = expected + 1e-2 * C @ C.T
+        assert torch.linalg.norm(M - other) >= torch.linalg.norm(M - P) - 1e-9

@@ -92,6 +92,43 @@ def test_from_kfac_equals_from_laplace_and_isotropic_is_lambda_identity() -> Non
         KroneckerPrior.from_laplace(Laplace(model, "classification", "diag").fit([(x, y)]))
 
 
+def test_per_layer_beta_and_a_zero_beta_layer_is_isotropic() -> None:
+    model, x, y = _problem(4)
+    la = Laplace(model, "classification", "kron", prior_precision=0.9).fit([(x, y)])
+    prior = KroneckerPrior.from_laplace(la, alpha=2.0, beta={"0": 0.5, "2": 0.0})
+    assert prior.n_terms() == {"0": 2, "2": 1}
+    assert prior.hyperparameters["beta"] == {"0": 0.5, "2": 0.0}
+    full = KroneckerPrior.from_laplace(la, alpha=2.0, beta=0.5)
+    iso = KroneckerPrior.isotropic(model, precision=2.0 * 0.9, mean=model)
+    for s in prior.layout.slots:  # layer 0 as with β = 0.5, layer 2 as N(w_src, (αδ)⁻¹ I)
+        source = full if s.name == "0" else iso
+        torch.testing.assert_close(
+            prior.precision(s.name).to_dense(), source.precision(s.name).to_dense()
+        )
+    flat = KroneckerPrior.from_laplace(la, alpha=2.0, beta=0.0)  # β = 0 everywhere: nested
+    torch.testing.assert_close(_dense(flat), _dense(iso))
+    with pytest.raises(InputError, match="beta"):
+        KroneckerPrior.from_laplace(la, beta={"0": -1.0, "2": 0.0})
+    with pytest.raises(InputError, match="one value per layer"):
+        KroneckerPrior.from_laplace(la, beta={"0": 1.0})
+
+
+def test_rounding_below_zero_in_a_kfac_factor_keeps_the_posterior_definite() -> None:
+    """A cross-entropy G has the null vector 1; float32 rounding can push it below 0."""
+    model, x, y = _problem(5)
+    prior = KroneckerPrior.isotropic(model, precision=0.3, mean=model)
+    kfac = KFAC(model, "cross_entropy", (x, y), reduction="sum")
+    A, G = kfac.factors["2"]
+    ones = torch.ones(len(G), 1, dtype=G.dtype) / len(G) ** 0.5
+    kfac.factors["2"] = (1e4 * A, G - 1e-3 * ones @ ones.T)  # eigenvalue −1e−3 along 1
+    assert float(torch.linalg.eigvalsh(kfac.factors["2"][1]).min()) < 0
+    q = laplace_posterior(prior, kfac, model)
+    dense = _dense(q)
+    assert float(torch.linalg.eigvalsh(dense).min()) > 0
+    assert torch.isfinite(kl_divergence(q, prior))
+    torch.testing.assert_close(q.logdet_precision(), torch.logdet(dense), rtol=1e-8, atol=1e-8)
+
+
 def test_check_prior_independent_refuses_overlap() -> None:
     model, x, y = _problem(2)
     la = Laplace(model, "classification", "kron").fit([(x, y)])

@@ -36,13 +36,15 @@ def check_positive_ints(settings: Any, *names: str, optional: bool = False) -> N
             raise InputError(f"{name} must be an integer ≥ 1, got {value!r}")
 
 
-def check_positive_numbers(settings: Any, *names: str) -> None:
-    """Each ``settings.<name>`` must be a finite number > 0, or a non-empty sequence of them."""
+def check_positive_numbers(settings: Any, *names: str, zero_ok: bool = False) -> None:
+    """Each ``settings.<name>`` must be a finite number > 0 (≥ 0 if ``zero_ok``), or a non-empty sequence of them."""
     for name in names:
         value = getattr(settings, name)
         values = value if isinstance(value, (tuple, list)) else (value,)
-        if not values or not all(_is_number(v) and 0 < v < math.inf for v in values):
-            raise InputError(f"{name} must be finite positive numbers, got {value!r}")
+        low_ok = (lambda v: v >= 0) if zero_ok else (lambda v: v > 0)
+        if not values or not all(_is_number(v) and low_ok(v) and v < math.inf for v in values):
+            kind = "non-negative" if zero_ok else "positive"
+            raise InputError(f"{name} must be finite {kind} numbers, got {value!r}")
 
 
 def check_fraction(name: str, value: Any, closed_high: bool = True) -> None:

@@ -122,6 +122,14 @@ def positive_floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def non_negative_floats(text: str) -> tuple[float, ...]:
+    """argparse type: '0,0.1,1' -> (0.0, 0.1, 1.0), at least one value, each finite and ≥ 0."""
+    values = tuple(0.0 if _number(v) == 0 else positive_float(v) for v in comma_list(text))
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def positive_ints(text: str) -> tuple[int, ...]:
     """argparse type: '1,4' -> (1, 4), at least one value, each an integer ≥ 1."""
     values = tuple(positive_int(v) for v in comma_list(text))

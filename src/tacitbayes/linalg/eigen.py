@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tacitbayes.errors import InputError
 
-__all__ = ["EIGH_JITTERS", "symmetric_eigh"]
+__all__ = ["EIGH_JITTERS", "psd_projection", "symmetric_eigh"]
 
 EIGH_JITTERS = (1e-10, 1e-8, 1e-6)  # relative to the mean |diagonal|
 
@@ -61,3 +61,16 @@ def symmetric_eigh(M: Tensor, what: str = "the matrix") -> tuple[Tensor, Tensor]
         f"torch.linalg.eigh did not converge on {what} even in float64 with jitter "
         f"{EIGH_JITTERS[-1]:g} × its mean |diagonal|; rescale it or use a larger prior precision"
     )
+
+
+def psd_projection(M: Tensor, what: str = "the matrix") -> Tensor:
+    """Q diag(max(λ, 0)) Qᵀ for ½(M + Mᵀ) = Q diag(λ) Qᵀ: the nearest PSD matrix in Frobenius norm.
+
+    For curvature factors that are PSD by construction (KFAC's E[a aᵀ] and E[g gᵀ]) whose
+    rounding left eigenvalues slightly below zero; such a factor times a large one would
+    otherwise make a precision indefinite.
+    """
+    lam, Q = symmetric_eigh(M, what)
+    if bool((lam >= 0).all()):
+        return 0.5 * (M + M.mT)
+    return (Q * lam.clamp_min(0)) @ Q.mT

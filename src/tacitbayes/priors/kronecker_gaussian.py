@@ -31,7 +31,7 @@ from tacitbayes.curvature.kfac import KFAC, find_layers
 from tacitbayes.errors import InputError
 from tacitbayes.functional import resolve_param_names, unflatten
 from tacitbayes.linalg import KroneckerProduct, KroneckerProductSum, nearest_kronecker
-from tacitbayes.linalg.eigen import symmetric_eigh
+from tacitbayes.linalg.eigen import psd_projection, symmetric_eigh
 from tacitbayes.linalg.kronecker_factors import (
     _cholesky_or_none,
     _generalized_eigh,
@@ -388,7 +388,10 @@ class KroneckerGaussian:
         """Posterior-as-prior: N(W̃_model, (Λ_l/τ + scale·G_l ⊗ A_l)⁻¹) per layer (τ = 1; terms appended).
 
         ``kfac`` should use ``reduction="sum"`` so G ⊗ A is the GGN of the summed loss; the
-        mean is the model's current weights (the Laplace approximation around them).
+        mean is the model's current weights (the Laplace approximation around them). The
+        factors are projected onto the PSD cone first (float32 rounding leaves eigenvalues
+        slightly below 0, which the other factor's large ones would turn into an indefinite
+        precision).
         """
         if not isinstance(kfac, KFAC):
             raise InputError(f"kfac must be a tacitbayes KFAC, got {type(kfac).__name__}")
@@ -403,7 +406,8 @@ class KroneckerGaussian:
             if (G.shape[0], A.shape[0]) != tuple(self._means[name].shape):
                 raise InputError(f"KFAC factors of layer {name!r} do not fit its W̃")
             like = self._means[name]
-            term = KroneckerProduct(scale * G.to(like), A.to(like))
+            G, A = (psd_projection(M.to(like), f"KFAC factor of layer {name!r}") for M in (G, A))
+            term = KroneckerProduct(scale * G, A)
             precs[name] = self._precisions[name] * (1.0 / self.tau) + term
             means[name] = weights[name].detach().to(like)
         return KroneckerGaussian(self.layout, means, precs)

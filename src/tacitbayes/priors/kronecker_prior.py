@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tacitbayes.curvature.kfac import KFAC
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.linalg import KroneckerProduct, KroneckerProductSum
+from tacitbayes.linalg.eigen import psd_projection
 from tacitbayes.posteriors import Laplace
 from tacitbayes.priors.kronecker_gaussian import KroneckerGaussian, ParameterLayout
 
@@ -81,14 +82,14 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> float:
 
 
 def _per_layer(
-    name: str, value: float | Mapping[str, float], layers: list[str]
+    name: str, value: float | Mapping[str, float], layers: list[str], allow_zero: bool = False
 ) -> dict[str, float]:
-    """A scalar or a {layer: value} mapping as one positive value per layer."""
+    """A scalar or a {layer: value} mapping as one positive (or, if allowed, zero) value per layer."""
     if isinstance(value, Mapping):
         if sorted(value) != sorted(layers):
             raise InputError(f"{name} must give one value per layer {layers}, got {sorted(value)}")
-        return {k: _positive(f"{name}[{k!r}]", float(value[k])) for k in layers}
-    return dict.fromkeys(layers, _positive(name, value))
+        return {k: _positive(f"{name}[{k!r}]", value[k], allow_zero) for k in layers}
+    return dict.fromkeys(layers, _positive(name, value, allow_zero))
 
 
 class KroneckerPrior(KroneckerGaussian):
@@ -117,7 +118,7 @@ class KroneckerPrior(KroneckerGaussian):
         kfac: KFAC,
         model: nn.Module,
         alpha: float = 1.0,
-        beta: float = 1.0,
+        beta: float | Mapping[str, float] = 1.0,
         delta: float | Mapping[str, float] = 1.0,
         tau: float = 1.0,
         source_inputs: Tensor | None = None,
@@ -144,7 +145,7 @@ class KroneckerPrior(KroneckerGaussian):
         cls,
         la_source: Laplace,
         alpha: float = 1.0,
-        beta: float = 1.0,
+        beta: float | Mapping[str, float] = 1.0,
         tau: float = 1.0,
         source_inputs: Tensor | None = None,
         dtype: torch.dtype = torch.float64,
@@ -153,6 +154,8 @@ class KroneckerPrior(KroneckerGaussian):
 
         F_src = s·G ⊗ A is the Laplace's KFAC block (summed loss, times its data scale s), δ_l
         its prior precision for the layer (``la_source.prior_precision``), w_src its mean.
+        ``beta`` is one β ≥ 0 or a {layer: β_l} mapping (β_l = 0: that layer's prior is the
+        isotropic N(w_src, τ(αδ_l)⁻¹I), e.g. an output layer whose classes change).
         """
         if not isinstance(la_source, Laplace) or la_source.structure != "kron":
             raise InputError("from_laplace needs a fitted tacitbayes Laplace with structure='kron'")
@@ -184,24 +187,35 @@ class KroneckerPrior(KroneckerGaussian):
         means: Mapping[str, Tensor],
         factors: Mapping[str, tuple[Tensor, Tensor]],
         alpha: float,
-        beta: float,
+        beta: float | Mapping[str, float],
         delta: float | Mapping[str, float],
         tau: float,
         source_inputs: Tensor | None,
         dtype: torch.dtype,
     ) -> KroneckerPrior:
-        """Terms [αδ_l I ⊗ I, β G ⊗ A] per layer; factors given as {layer: (G, A)}."""
-        alpha, beta = _positive("alpha", alpha), _positive("beta", beta, allow_zero=True)
+        """Terms [αδ_l I ⊗ I, β_l G ⊗ A] per layer (the first alone where β_l = 0); factors {layer: (G, A)}.
+
+        G and A are projected onto the PSD cone (see :func:`~tacitbayes.linalg.eigen.psd_projection`).
+        """
+        alpha = _positive("alpha", alpha)
+        betas = _per_layer("beta", beta, layout.layers, allow_zero=True)
         deltas = _per_layer("delta", delta, layout.layers)
-        precs, kw = {}, {"dtype": dtype}
+        precs: dict[str, KroneckerProductSum | KroneckerProduct] = {}
+        kw = {"dtype": dtype}
         for s in layout.slots:
-            G, A = factors[s.name]
+            G, A = (
+                psd_projection(M.to(dtype), f"source KFAC factor of layer {s.name!r}")
+                for M in factors[s.name]
+            )
             iso = KroneckerProduct(
                 alpha * deltas[s.name] * torch.eye(s.n_out, **kw), torch.eye(s.d, **kw)
             )
-            precs[s.name] = iso + KroneckerProduct(beta * G.to(dtype), A.to(dtype))
+            b = betas[s.name]
+            precs[s.name] = iso + KroneckerProduct(b * G, A) if b else iso
         fingerprint = None if source_inputs is None else data_fingerprint(source_inputs)
-        hyper = {"alpha": alpha, "beta": beta, "delta": deltas, "tau": tau}
+        shared = len(set(betas.values())) == 1
+        hyper = {"alpha": alpha, "beta": betas[layout.layers[0]] if shared else betas}
+        hyper.update(delta=deltas, tau=tau)
         means64 = {n: m.detach().to(dtype) for n, m in means.items()}
         return cls(layout, means64, precs, tau, fingerprint, hyper)
 

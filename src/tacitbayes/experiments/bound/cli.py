@@ -7,6 +7,7 @@ import argparse
 from tacitbayes.experiments.cli_types import (
     add_run_options,
     comma_list,
+    non_negative_floats,
     positive_float,
     positive_floats,
     positive_int,
@@ -83,7 +84,12 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--selection-size", type=positive_int, help="examples for selection (4000)")
     p.add_argument("--alphas", type=positive_floats, help="grid of α (default: α δ on the λ grid)")
-    p.add_argument("--betas", type=positive_floats, help="grid of β (0.01,0.1,1,10)")
+    p.add_argument(
+        "--betas",
+        type=non_negative_floats,
+        help="grid of β (0,0.01,0.1,1,10); each β > 0 is tried on every layer and on the "
+        "hidden layers alone",
+    )
     p.add_argument(
         "--taus", type=positive_floats, help="grid of posterior temperatures τ (1 … 0.1)"
     )

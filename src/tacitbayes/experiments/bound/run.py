@@ -84,7 +84,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"width": 256, "epochs": 6, "lr": 1e-3},
 }
 GRIDS: dict[str, tuple[float, ...]] = {
-    "betas": (0.01, 0.1, 1.0, 10.0),
+    "betas": (0.0, 0.01, 0.1, 1.0, 10.0),
     "taus": (1.0, 0.9, 0.7, 0.5, 0.3, 0.1),
     "lambdas": tuple(10 ** (k / 4) for k in range(-2, 15)),  # 0.32 … 3162, quarter decades
 }
@@ -94,7 +94,7 @@ QUICK = {
     "mc_samples": 2,
     "selection_size": 200,
     "rounds": 1,
-    "betas": (1.0,),
+    "betas": (0.0, 1.0),
     "taus": (1.0, 0.1),
     "lambdas": (1.0, 100.0),
 }
@@ -173,7 +173,8 @@ def _check(s: BoundSettings) -> None:
         raise InputError("source and target tasks need the same number of classes (one network)")
     check_fraction("delta", s.delta, closed_high=False)
     check_choice("bound kind", s.kind, BOUND_KINDS)
-    check_positive_numbers(s, "taus", "lambdas", "betas")
+    check_positive_numbers(s, "taus", "lambdas")
+    check_positive_numbers(s, "betas", zero_ok=True)  # β = 0: the isotropic prior at w_src
     if s.alphas is not None:  # None: α δ on the λ grid
         check_positive_numbers(s, "alphas")
     check_positive_ints(
@@ -236,14 +237,19 @@ def _families(
     alphas = s.alphas or tuple(v / delta for v in s.lambdas)
     lambdas = [(i, {"lambda": v}) for i, v in enumerate(s.lambdas)]
     iso = KroneckerPrior.isotropic
+    layers = list(la.curvature.kfac.factors)
+    output = layers[-1]
+
+    def learned(h: dict[str, float]) -> KroneckerPrior:
+        betas = {name: h["beta_output"] if name == output else h["beta"] for name in layers}
+        return KroneckerPrior.from_laplace(la, h["alpha"], betas, source_inputs=xs)
+
     return {
         "learned": {
-            "prior": "N(w_src, (β F_src + α δ I)⁻¹)",
-            "make": lambda h: KroneckerPrior.from_laplace(
-                la, h["alpha"], h["beta"], source_inputs=xs
-            ),
-            "grid": [(i, {"alpha": a, "beta": b}) for i, a in enumerate(alphas) for b in s.betas],
-            "start": {"alpha": 1.0, "beta": 1.0},
+            "prior": "N(w_src, (β_l F_src + α δ I)⁻¹)",
+            "make": learned,
+            "grid": [(i, h) for i, a in enumerate(alphas) for h in _beta_options(a, s.betas)],
+            "start": {"alpha": 1.0, "beta": 1.0, "beta_output": 1.0},
             "from_source": True,
         },
         "isotropic": {
@@ -261,6 +267,21 @@ def _families(
             "from_source": True,
         },
     }
+
+
+def _beta_options(alpha: float, betas: tuple[float, ...]) -> list[dict[str, float]]:
+    """Per α: β on every layer, or on the hidden layers only (β = 0 on the output layer).
+
+    β = 0 everywhere (when the grid holds 0) is the isotropic prior at the source weights,
+    so the learned family contains that prior; the output layer's own option lets a task
+    with new classes keep the source curvature of the features without that of the head.
+    """
+    options = []
+    for b in betas:
+        options.append({"alpha": alpha, "beta": b, "beta_output": b})
+        if b > 0:
+            options.append({"alpha": alpha, "beta": b, "beta_output": 0.0})
+    return options
 
 
 def _candidates(
@@ -347,6 +368,7 @@ def grid_edges(
 ) -> dict[str, dict[str, Any]]:
     """Per axis of the family's grid (its hyper-parameters and τ): the edge record at ``chosen``."""
     axes = {k: [h[k] for _, h in family["grid"]] for k in chosen if k != "tau"}
+    axes = {k: v for k, v in axes.items() if chosen[k] > 0 or min(v) < 0}  # β = 0 is a closed end
     axes["tau"] = list(taus)
     return {
         k: check_grid_edge(
