@@ -81,3 +81,32 @@ def test_a_failed_compilation_warns_once_and_stays_eager(monkeypatch: pytest.Mon
 def test_fused_must_be_a_flag() -> None:
     with pytest.raises(InputError, match="fused"):
         IVON([nn.Parameter(torch.zeros(2))], lr=0.1, ess=1.0, fused="yes")  # type: ignore[arg-type]
+
+
+def test_batched_update_equals_the_eager_one_across_chunks_and_new_scalars() -> None:
+    """Several parameters per compiled call (more than one chunk); new scalar values reuse the
+    graph and still give the eager result (Python floats did not: they are refused)."""
+    g = torch.Generator().manual_seed(1)
+    sizes = [3, 7, 1, 12, 5, 2, 4, 9, 6, 8]  # > CHUNK parameters: two calls
+    assert len(sizes) > fused.CHUNK
+
+    def lists() -> list[list[torch.Tensor]]:
+        p, m, grad, geps = ([torch.randn(n, generator=g, dtype=torch.float64) for n in sizes]
+                            for _ in range(4))  # fmt: skip
+        h = [torch.rand(n, generator=g, dtype=torch.float64) + 0.1 for n in sizes]
+        r = [(x + 0.01).rsqrt() for x in h]
+        return [p, m, h, grad, geps, r]
+
+    for scalars in ([0.9, 1e-3, 0.01, 0.3, 0.19, 22.0, math.inf],
+                    [0.8, 0.1, 0.03, 0.14, 0.36, 1.5, 0.05],
+                    [0.7, 0.01, 0.02, 0.5, 0.51, 4.5, math.inf]):  # fmt: skip
+        numbers = [torch.tensor(v, dtype=torch.float64) for v in scalars]
+        eager = lists()
+        compiled = [[t.clone() for t in column] for column in eager]
+        fused.ivon_update_many_eager_(*eager, *numbers)
+        fused.ivon_update_many_(*compiled, *numbers)
+        for a_col, b_col in zip(eager, compiled, strict=True):
+            for a, b in zip(a_col, b_col, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(InputError, match="0-d tensors"):
+        fused.ivon_update_many_(*lists(), *[0.9, 1e-3, 0.01, 0.3, 0.19, 22.0, math.inf])

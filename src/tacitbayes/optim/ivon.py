@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from tacitbayes.errors import InputError
-from tacitbayes.optim.ivon_fused import ivon_update_, ivon_update_eager_
+from tacitbayes.optim.ivon_fused import ivon_update_many_, ivon_update_many_eager_
 from tacitbayes.optim.sampling import SampledOptimizer, check_range
 
 __all__ = ["IVON"]
@@ -126,7 +126,7 @@ class IVON(SampledOptimizer):
         beta1, beta2 = group["beta1"], group["beta2"]
         delta, ess, clip = group["weight_decay"], group["ess"], group["clip_radius"]
         lr = group["lr"] * ((group["hess_init"] + delta) if group["rescale_lr"] else 1.0)
-        update = ivon_update_ if self.fused else ivon_update_eager_
+        batches: dict[tuple, list[list[Tensor]]] = {}  # parameters that share the scalars
         for p, state, n in items:
             r = self._inv_sqrt_scale(group, p)  # 1/√(h_t + δ): σ_t = r/√λ
             if "hess" not in state:
@@ -136,7 +136,19 @@ class IVON(SampledOptimizer):
             if not isinstance(r, Tensor):  # before the first step: a scalar
                 r = self._buffer(p, "rsqrt").fill_(r)
             state["step"] += 1
-            bc = 1.0 - beta1 ** state["step"]
+            geps = state["geps_sum"] if beta2 < 1.0 else None
+            tensors = [p, state["momentum"], state["hess"], state["grad_avg"], geps, r]
+            if all(t is None or t.is_contiguous() for t in tensors):
+                # flat views: one compiled graph serves parameters of every shape
+                flat = [None if t is None else t.detach().view(-1) for t in tensors]
+                key = (state["step"], n, p.dtype, p.device, None)
+            else:  # a non-contiguous tensor: elementwise as it is, on its own
+                flat, key = tensors, (state["step"], n, p.dtype, p.device, id(p))
+            lists = batches.setdefault(key, [[] for _ in tensors])
+            for column, t in zip(lists, flat, strict=True):
+                column.append(t)
+        for (step, n, _, _, alone), (ps, moms, hess, grads, gepss, rs) in batches.items():
+            bc = 1.0 - beta1**step
             scalars = [
                 beta1,
                 1.0 - beta2,
@@ -146,14 +158,11 @@ class IVON(SampledOptimizer):
                 math.sqrt(ess) / n,  # ĥ = (Σ ĝ ⊙ ε) · √λ / (n r)
                 math.inf if clip is None else clip,
             ]
-            geps = state["geps_sum"] if beta2 < 1.0 else None
-            tensors = [p, state["momentum"], state["hess"], state["grad_avg"], geps, r]
-            numbers = [torch.tensor(v, dtype=p.dtype, device=p.device) for v in scalars]
-            if all(t is None or t.is_contiguous() for t in tensors):
-                # flat views: one compiled kernel serves parameters of every shape
-                update(*(None if t is None else t.detach().view(-1) for t in tensors), *numbers)
-            else:  # a non-contiguous tensor: elementwise as it is
-                ivon_update_eager_(*tensors, *numbers)  # r, the "rsqrt" buffer, is updated
+            like = ps[0]
+            numbers = [torch.tensor(v, dtype=like.dtype, device=like.device) for v in scalars]
+            update = ivon_update_many_ if self.fused and alone is None else ivon_update_many_eager_
+            geps_list = None if beta2 >= 1.0 else gepss
+            update(ps, moms, hess, grads, geps_list, rs, *numbers)  # updates r in place
 
     # ------------------------------------------------------------------ views
 

@@ -10,8 +10,11 @@ noise product and r = 1/√(h + δ) of the samples:
     μ ← μ − (α / b) d,   r ← 1/√(h + δ)
 
 Eagerly this is about fifteen passes over every parameter-sized tensor, a large share of a
-CPU step of a small network; compiled (inductor) it is one pass. The scalars are passed
-as 0-d tensors so that the changing b = 1 − β₁ᵗ does not recompile. If compiling fails
+CPU step of a small network; compiled (inductor) it is one pass. The parameters of a group
+that share the step's scalars go through one compiled call (:func:`ivon_update_many_`). The
+scalars are passed as 0-d tensors, so that the changing b = 1 − β₁ᵗ does not recompile
+(as Python floats, traced symbolically, torch 2.13 reused a graph for new values of them
+and returned wrong updates: never pass floats). If compiling fails
 (no C++ compiler, an unsupported platform), :func:`ivon_update_` warns once and stays eager:
 both compute the same expressions, so they agree to rounding.
 """
@@ -19,12 +22,19 @@ both compute the same expressions, so they agree to rounding.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["ivon_update_", "ivon_update_eager_"]
+from tacitbayes.errors import InputError
+
+__all__ = [
+    "ivon_update_",
+    "ivon_update_eager_",
+    "ivon_update_many_",
+    "ivon_update_many_eager_",
+]
 
 
 def ivon_update_eager_(
@@ -55,25 +65,85 @@ def ivon_update_eager_(
     r.copy_(torch.rsqrt(s))
 
 
+def ivon_update_many_eager_(
+    params: Sequence[Tensor],
+    moms: Sequence[Tensor],
+    hess: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    gepss: Sequence[Tensor] | None,
+    rs: Sequence[Tensor],
+    *scalars: Tensor | float,
+) -> None:
+    """:func:`ivon_update_eager_` for several parameters that share the step's scalars."""
+    for i in range(len(params)):
+        geps = None if gepss is None else gepss[i]
+        ivon_update_eager_(params[i], moms[i], hess[i], grads[i], geps, rs[i], *scalars)
+
+
+CHUNK = 8  # parameters per compiled call: few distinct list lengths, so few graphs
 _COMPILED: Callable[..., None] | None = None
 _FAILED = False
 
 
+def _compiled() -> Callable[..., None]:
+    """The compiled twin of :func:`ivon_update_many_eager_`, made on first use."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(ivon_update_many_eager_, dynamic=True, fullgraph=True)
+    return _COMPILED
+
+
+def _fail(exc: Exception) -> None:
+    global _FAILED
+    _FAILED = True
+    warnings.warn(
+        f"IVON's fused update could not be compiled ({type(exc).__name__}: {exc}); "
+        "using the eager update (same results, slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def ivon_update_many_(
+    params: Sequence[Tensor],
+    moms: Sequence[Tensor],
+    hess: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    gepss: Sequence[Tensor] | None,
+    rs: Sequence[Tensor],
+    *scalars: Tensor,
+) -> None:
+    """:func:`ivon_update_many_eager_` as compiled kernels, ``CHUNK`` parameters per call.
+
+    One call replaces a Python dispatch, a guard check and a kernel launch per parameter.
+    The scalars must be 0-d tensors (see the module docstring). Eager if compiling is not
+    possible (warned once).
+    """
+    if not all(isinstance(v, Tensor) and v.ndim == 0 for v in scalars):
+        raise InputError("the scalars of the compiled IVON update must be 0-d tensors")
+    for lo in range(0, len(params), CHUNK):
+        part = slice(lo, lo + CHUNK)
+        args = (
+            params[part],
+            moms[part],
+            hess[part],
+            grads[part],
+            None if gepss is None else gepss[part],
+            rs[part],
+        )
+        if not _FAILED:
+            try:
+                _compiled()(*args, *scalars)
+                continue
+            except Exception as exc:  # noqa: BLE001  (any compiler failure: fall back, once)
+                _fail(exc)
+        ivon_update_many_eager_(*args, *scalars)
+
+
 def ivon_update_(*args: Tensor | None) -> None:
-    """:func:`ivon_update_eager_` as one compiled kernel (eager if compiling is not possible)."""
-    global _COMPILED, _FAILED
-    if not _FAILED:
-        try:
-            if _COMPILED is None:
-                _COMPILED = torch.compile(ivon_update_eager_, dynamic=True, fullgraph=True)
-            _COMPILED(*args)
-            return
-        except Exception as exc:  # noqa: BLE001  (any compiler failure: fall back, once)
-            _FAILED = True
-            warnings.warn(
-                f"IVON's fused update could not be compiled ({type(exc).__name__}: {exc}); "
-                "using the eager update (same results, slower)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    ivon_update_eager_(*args)
+    """:func:`ivon_update_eager_` of one parameter as one compiled kernel (eager if compiling fails)."""
+    p, m, h, grad, geps, r, *scalars = args
+    assert isinstance(p, Tensor) and isinstance(m, Tensor) and isinstance(h, Tensor)
+    assert isinstance(grad, Tensor) and isinstance(r, Tensor)
+    gepss = None if geps is None else [geps]
+    ivon_update_many_([p], [m], [h], [grad], gepss, [r], *scalars)  # type: ignore[arg-type]

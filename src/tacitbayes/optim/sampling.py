@@ -220,6 +220,7 @@ class SampledOptimizer(torch.optim.Optimizer):
             noise = iter(self._noise.take(params))
         gen = generator if generator is not None else self._generator
         active: list[tuple[Tensor, Tensor, Tensor]] = []
+        scales: list[tuple[Tensor | None, float]] = []
         with torch.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
@@ -227,15 +228,21 @@ class SampledOptimizer(torch.optim.Optimizer):
                         eps = self._standard_normal(p, gen)
                     else:
                         eps = self._work.setdefault(p, {})["eps"] = next(noise)
-                    mean = self._buffer(p, "mean").copy_(p)
-                    factor, scalar = self._noise_scale(group, p)
-                    if factor is None:
-                        p.add_(eps, alpha=scalar)
-                    else:
-                        p.addcmul_(eps, factor, value=scalar)
+                    active.append((p, self._buffer(p, "mean"), eps))
+                    scales.append(self._noise_scale(group, p))
                     if train:
                         p.grad = None
-                    active.append((p, mean, eps))
+            # μ saved, then θ = μ + s·(ε ⊙ factor): one batched call each (foreach)
+            torch._foreach_copy_([m for _, m, _ in active], [p for p, _, _ in active])
+            batched = [
+                (*a[::2], *f) for a, f in zip(active, scales, strict=True) if f[0] is not None
+            ]
+            if batched:
+                params, noises, factors, values = (list(c) for c in zip(*batched, strict=True))
+                torch._foreach_addcmul_(params, noises, factors, values)
+            for (p, _, eps), (factor, scalar) in zip(active, scales, strict=True):
+                if factor is None:  # a scalar σ (before the first step)
+                    p.add_(eps, alpha=scalar)
         self._active = active
         ok = False
         try:
@@ -244,8 +251,7 @@ class SampledOptimizer(torch.optim.Optimizer):
         finally:
             self._active = None
             with torch.no_grad():
-                for p, mean, _ in active:
-                    p.copy_(mean)
+                torch._foreach_copy_([p for p, _, _ in active], [m for _, m, _ in active])
                 if train and ok:
                     self._collect(active)
 
