@@ -83,6 +83,11 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         help="Monte Carlo draws per target example (mlp) or whole-network samples (lenet); 10",
     )
     p.add_argument("--selection-size", type=positive_int, help="examples for selection (4000)")
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        help="rounds of (train the target MAP under the last choice, select) per prior family (2)",
+    )
     p.add_argument("--alphas", type=positive_floats, help="grid of α (default: α δ on the λ grid)")
     p.add_argument(
         "--betas",
