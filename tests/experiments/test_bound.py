@@ -38,6 +38,18 @@ def test_quick_run_writes_results_report_and_plot(tmp_path: Path, capsys) -> Non
         assert row["grid_size"] == (6 if name == "learned" else 2)
     learned = results["priors"]["learned"]["hyperparameters"]
     assert set(learned) == {"alpha", "beta", "beta_output", "tau"}
+    # the KL profile over β at the chosen α, τ: its row at the chosen β is the bound's KL
+    profile = results["priors"]["learned"]["beta_profile"]
+    assert [(r["beta"], r["beta_output"]) for r in profile] == [(0.0, 0.0), (1.0, 1.0), (1.0, 0.0)]
+    for r in profile:
+        assert r["kl"] == pytest.approx(r["mahalanobis"] + r["rest"]) and r["mahalanobis"] >= 0
+    (chosen,) = [
+        r
+        for r in profile
+        if (r["beta"], r["beta_output"]) == (learned["beta"], learned["beta_output"])
+    ]
+    assert chosen["kl"] == pytest.approx(results["priors"]["learned"]["kl"], rel=1e-9)
+    assert "KL(Q‖P) against β" in (out / "report.md").read_text()
     assert results["checks"]["bounds_above_mc_risk"]
     assert (out / "report.md").read_text().startswith("# tacitbayes bound")
     assert (out / "bounds.png").stat().st_size > 1000

@@ -101,6 +101,7 @@ def _report(results: dict[str, Any]) -> str:
     edges = [m for found in searches for m in edge_messages(found)]
     if edges:
         lines += ["", *(f"- WARNING {m}." for m in edges)]
+    lines += _profile_lines(rows.get("learned", {}))
     lines += ["", "## Checks", "", *(f"- {k}: {v}" for k, v in results["checks"].items())]
     lines += [
         "",
@@ -109,6 +110,43 @@ def _report(results: dict[str, Any]) -> str:
         f"Run time: {results['seconds']:.0f} s.",
     ]
     return "\n".join(lines + footer(s, results["versions"]))
+
+
+def _profile_lines(row: dict[str, Any]) -> list[str]:
+    """The learned prior's KL against β at the chosen α and τ (empty without a profile)."""
+    profile = row.get("beta_profile")
+    if not profile:
+        return []
+    h = row["hyperparameters"]
+    best = min(profile, key=lambda r: r["kl"])
+    lines = [
+        "",
+        f"## Learned prior: KL(Q‖P) against β (α = {h['alpha']:.3g}, τ = {h['tau']:.3g}, the "
+        "final target weights)",
+        "",
+        'Raising β lowers the log-volume part ("rest") where source and target curvature '
+        "share directions and raises the Mahalanobis part βΔᵀF_srcΔ/2 along the target's move "
+        "away from the source weights.",
+        "",
+        "| β (hidden) | β (output) | KL | Mahalanobis | rest |",
+        "|---|---|---|---|---|",
+    ]
+    for r in profile:
+        lines.append(
+            f"| {r['beta']:.3g} | {r['beta_output']:.3g} | {r['kl']:.1f} | "
+            f"{r['mahalanobis']:.1f} | {r['rest']:.1f} |"
+        )
+    verdict = (
+        "the source covariance lowers the KL"
+        if best["beta"] > 0 or best["beta_output"] > 0
+        else "no β > 0 lowers the KL below the isotropic prior at the source weights (β = 0): "
+        "the learned covariance does not tighten the bound of these target weights"
+    )
+    return [
+        *lines,
+        "",
+        f"Smallest KL at β = {best['beta']:.3g} (output {best['beta_output']:.3g}): {verdict}.",
+    ]
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:

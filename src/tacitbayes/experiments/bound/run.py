@@ -45,6 +45,7 @@ from tacitbayes.curvature import KFAC
 from tacitbayes.data import DATASETS, BatchLoader, load_dataset
 from tacitbayes.devices import check_device, dataset_to
 from tacitbayes.errors import InputError
+from tacitbayes.experiments.bound.kl_profile import beta_profile
 from tacitbayes.experiments.bound.report import write_outputs
 from tacitbayes.experiments.checks import (
     check_choice,
@@ -248,6 +249,7 @@ def _families(
         "learned": {
             "prior": "N(w_src, (β_l F_src + α δ I)⁻¹)",
             "make": learned,
+            "profile": True,  # KL against β at the chosen α, τ (kl_profile)
             "grid": [(i, h) for i, a in enumerate(alphas) for h in _beta_options(a, s.betas)],
             "start": {"alpha": 1.0, "beta": 1.0, "beta_output": 1.0},
             "from_source": True,
@@ -360,6 +362,12 @@ def _evaluate(s, family, source_state, data, target, test) -> dict[str, Any]:
         selection_seconds=selected - start,
         seconds=time.perf_counter() - start,
     )
+    if family.get("profile"):
+        assert s.betas
+        chosen = best["prior_hyper"]
+        row["beta_profile"] = beta_profile(
+            family["make"], model, kfac, chosen["alpha"], best["tau"], s.betas
+        )
     return row
 
 
