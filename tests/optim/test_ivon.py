@@ -387,3 +387,27 @@ def test_bad_group_and_misuse_raise() -> None:
         opt.step()
     with pytest.raises(InputError, match="inside"), opt.sampled_params():
         opt.step()
+
+
+def test_a_context_between_the_sample_and_step_leaves_the_update_unchanged() -> None:
+    """ĝ ⊙ ε of a single sample is formed by the update itself; a sampled_params context
+    entered before step() (here a prediction with its own generator, which draws into the
+    noise buffers) must form it first, from the sample's ε."""
+    x, y = _data()
+    states = []
+    for predict in (False, True):
+        model = _mlp()
+        opt = IVON(model.parameters(), lr=0.1, ess=50.0, hess_init=0.5, beta2=0.9, seed=5)
+        for _ in range(3):
+            with opt.sampled_params(train=True):
+                nn.functional.cross_entropy(model(x), y).backward()
+            if predict:
+                opt.sampled_predict(
+                    model, x, n_samples=2, generator=torch.Generator().manual_seed(9)
+                )
+            opt.step()
+        states.append(
+            [(p.detach().clone(), opt.state[p]["hess"].clone()) for p in model.parameters()]
+        )
+    for (mu_a, h_a), (mu_b, h_b) in zip(*states, strict=True):
+        assert torch.equal(mu_a, mu_b) and torch.equal(h_a, h_b)

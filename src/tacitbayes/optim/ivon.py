@@ -136,18 +136,24 @@ class IVON(SampledOptimizer):
             if not isinstance(r, Tensor):  # before the first step: a scalar
                 r = self._buffer(p, "rsqrt").fill_(r)
             state["step"] += 1
-            geps = state["geps_sum"] if beta2 < 1.0 else None
-            tensors = [p, state["momentum"], state["hess"], state["grad_avg"], geps, r]
+            noise = state.get("geps_noise") if beta2 < 1.0 else None  # Σĝε = ĝ ⊙ ε, unformed
+            geps = (
+                (state["grad_avg"] if noise is not None else state["geps_sum"])
+                if beta2 < 1.0
+                else None
+            )
+            tensors = [p, state["momentum"], state["hess"], state["grad_avg"], geps, r, noise]
             if all(t is None or t.is_contiguous() for t in tensors):
                 # flat views: one compiled graph serves parameters of every shape
                 flat = [None if t is None else t.detach().view(-1) for t in tensors]
-                key = (state["step"], n, p.dtype, p.device, None)
+                key = (state["step"], n, p.dtype, p.device, noise is None, None)
             else:  # a non-contiguous tensor: elementwise as it is, on its own
-                flat, key = tensors, (state["step"], n, p.dtype, p.device, id(p))
+                flat, key = tensors, (state["step"], n, p.dtype, p.device, noise is None, id(p))
             lists = batches.setdefault(key, [[] for _ in tensors])
             for column, t in zip(lists, flat, strict=True):
                 column.append(t)
-        for (step, n, _, _, alone), (ps, moms, hess, grads, gepss, rs) in batches.items():
+        for key, (ps, moms, hess, grads, gepss, rs, noises) in batches.items():
+            step, n, _, _, formed, alone = key
             bc = 1.0 - beta1**step
             scalars = [
                 beta1,
@@ -162,7 +168,8 @@ class IVON(SampledOptimizer):
             numbers = [torch.tensor(v, dtype=like.dtype, device=like.device) for v in scalars]
             update = ivon_update_many_ if self.fused and alone is None else ivon_update_many_eager_
             geps_list = None if beta2 >= 1.0 else gepss
-            update(ps, moms, hess, grads, geps_list, rs, *numbers)  # updates r in place
+            noise_list = None if beta2 >= 1.0 or formed else noises
+            update(ps, moms, hess, grads, geps_list, rs, *numbers, noises=noise_list)  # r too
 
     # ------------------------------------------------------------------ views
 

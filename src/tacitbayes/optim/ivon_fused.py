@@ -51,10 +51,16 @@ def ivon_update_eager_(
     bc: Tensor,
     hess_scale: Tensor,
     clip: Tensor,
+    noise: Tensor | None = None,
 ) -> None:
-    """One IVON step of (μ, g, h, r) in place; ``geps`` None means β₂ = 1 (h fixed); ``step`` = α/b."""
+    """One IVON step of (μ, g, h, r) in place; ``geps`` None means β₂ = 1 (h fixed); ``step`` = α/b.
+
+    With ``noise`` (one sample, its product not formed yet), Σĝε = ``geps`` ⊙ ``noise``.
+    """
     m.lerp_(grad, 1.0 - beta1)
     if geps is not None:
+        if noise is not None:
+            geps = geps * noise
         hhat = geps / r * hess_scale
         diff = (h - hhat) * r
         h.lerp_(hhat, w)
@@ -73,11 +79,15 @@ def ivon_update_many_eager_(
     gepss: Sequence[Tensor] | None,
     rs: Sequence[Tensor],
     *scalars: Tensor | float,
+    noises: Sequence[Tensor] | None = None,
 ) -> None:
     """:func:`ivon_update_eager_` for several parameters that share the step's scalars."""
     for i in range(len(params)):
         geps = None if gepss is None else gepss[i]
-        ivon_update_eager_(params[i], moms[i], hess[i], grads[i], geps, rs[i], *scalars)
+        noise = None if noises is None else noises[i]
+        ivon_update_eager_(
+            params[i], moms[i], hess[i], grads[i], geps, rs[i], *scalars, noise=noise
+        )
 
 
 CHUNK = 8  # parameters per compiled call: few distinct list lengths, so few graphs
@@ -112,6 +122,7 @@ def ivon_update_many_(
     gepss: Sequence[Tensor] | None,
     rs: Sequence[Tensor],
     *scalars: Tensor,
+    noises: Sequence[Tensor] | None = None,
 ) -> None:
     """:func:`ivon_update_many_eager_` as compiled kernels, ``CHUNK`` parameters per call.
 
@@ -131,13 +142,14 @@ def ivon_update_many_(
             None if gepss is None else gepss[part],
             rs[part],
         )
+        noise = None if noises is None else noises[part]
         if not _FAILED:
             try:
-                _compiled()(*args, *scalars)
+                _compiled()(*args, *scalars, noises=noise)
                 continue
             except Exception as exc:  # noqa: BLE001  (any compiler failure: fall back, once)
                 _fail(exc)
-        ivon_update_many_eager_(*args, *scalars)
+        ivon_update_many_eager_(*args, *scalars, noises=noise)
 
 
 def ivon_update_(*args: Tensor | None) -> None:

@@ -20,7 +20,10 @@ or, equivalently, ``opt.step(closure)`` with a closure that computes the loss an
   ``train=True`` (and no exception inside) the sample's gradient ĝ and, where an optimizer
   needs it, ĝ ⊙ ε are collected; ``.grad`` then holds the average gradient of the
   samples collected so far in this step, and ``step()`` uses that tensor as ĝ (so an
-  in-place change of ``.grad`` before ``step()``, e.g. clipping, is honoured).
+  in-place change of ``.grad`` before ``step()``, e.g. clipping, is honoured). With one
+  sample per step, ĝ ⊙ ε is formed by the update itself from that tensor (one pass fewer),
+  so such a change reaches the Hessian statistic too; with several, each sample's product
+  is formed when it is collected.
 * Parameters that received no gradient in a sample are not collected for it; a parameter
   with no sample at all is skipped by ``step()`` and its state is left untouched.
 
@@ -214,6 +217,7 @@ class SampledOptimizer(torch.optim.Optimizer):
         """Put θ = μ + σ ⊙ ε, ε ~ N(0, I), into the parameters; restore μ on exit (collect ĝ if train)."""
         if self._active is not None:
             raise InputError("sampled_params contexts cannot be nested")
+        self._form_products()  # a pending ĝ ⊙ ε reads the ε buffers drawn into below
         noise: Iterator[Tensor] | None = None
         if generator is None and self._noise is not None:  # the default stream, drawn ahead
             params = [p for group in self.param_groups for p in group["params"]]
@@ -269,15 +273,28 @@ class SampledOptimizer(torch.optim.Optimizer):
             n = state.get("n_collected", 0) + 1
             state["n_collected"] = n
             if products[owner[id(p)]]:
-                if n == 1:
-                    state["geps_sum"] = torch.mul(g, eps, out=self._buffer(p, "geps"))
+                if n == 1:  # formed by the update itself unless another sample follows
+                    state["geps_noise"] = eps
                 else:
+                    self._form_product(p, state)
                     state["geps_sum"].addcmul_(g, eps)
             if n == 1:
                 state["grad_avg"] = g  # owns the sample's gradient tensor (no copy)
             else:
                 state["grad_avg"].lerp_(g, 1.0 / n)
             p.grad = state["grad_avg"]
+
+    def _form_product(self, p: Tensor, state: dict[str, Any]) -> None:
+        """Σĝε = ĝ ⊙ ε of a single collected sample, into its buffer (before ε is redrawn)."""
+        noise = state.pop("geps_noise", None)
+        if noise is not None:
+            state["geps_sum"] = torch.mul(state["grad_avg"], noise, out=self._buffer(p, "geps"))
+
+    def _form_products(self) -> None:
+        """Form every pending single-sample product (the noise buffers are about to change)."""
+        for p, state in self.state.items():
+            if "geps_noise" in state:
+                self._form_product(p, state)
 
     # ------------------------------------------------------------------ step
 
@@ -316,6 +333,7 @@ class SampledOptimizer(torch.optim.Optimizer):
                 for _, state, _ in items:
                     state.pop("grad_avg", None)
                     state.pop("geps_sum", None)
+                    state.pop("geps_noise", None)
                 collected = True
         if not collected:
             raise InputError(
@@ -327,6 +345,7 @@ class SampledOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def _all_reduce_collected(self, weight: float, loss: float | None) -> float | None:
         """ĝ ← Σ_r w_r ĝ_r and Σĝε ← Σ_r w_r (Σĝε)_r in place, for every parameter; the weighted loss."""
+        self._form_products()
         params = [(g, p) for g in self.param_groups for p in g["params"]]
         counts: list[float] = []
         tensors: list[Tensor] = []
