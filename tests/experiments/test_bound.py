@@ -116,3 +116,19 @@ def test_a_task_whose_classes_exceed_the_labels_present_keeps_the_ones_there() -
     data = TensorDataset(torch.arange(4.0)[:, None], torch.tensor([0, 3, 5, 3]))
     x, y = _task(data, (5, 9, 3), "training").tensors  # no 9 among the labels: found by fuzzing
     assert x.flatten().tolist() == [1.0, 2.0, 3.0] and y.tolist() == [2, 0, 2]
+
+
+def test_betas_may_hold_zero_the_isotropic_limit() -> None:
+    args = _parser().parse_args(["bound", "--betas", "0,0.1,1", "--rounds", "3"])
+    assert args.betas == (0.0, 0.1, 1.0) and args.rounds == 3
+    from tacitbayes.experiments.bound.run import _beta_options
+
+    options = _beta_options(2.0, args.betas)  # β = 0 once; β > 0 on all layers or hidden only
+    assert [(o["beta"], o["beta_output"]) for o in options] == [
+        (0.0, 0.0),
+        (0.1, 0.1),
+        (0.1, 0.0),
+        (1.0, 1.0),
+        (1.0, 0.0),
+    ]
+    assert all(o["alpha"] == 2.0 for o in options)
