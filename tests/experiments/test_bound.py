@@ -101,7 +101,7 @@ def test_bad_settings_fail_cleanly(argv: list[str], match: str, tmp_path: Path, 
 
 def test_settings_fill_defaults() -> None:
     s = BoundSettings(dataset="fashion-mnist").resolved()
-    assert s.width == 256 and s.rounds == 2 and s.mc_samples == 10 and s.alphas is None
+    assert s.width == 256 and s.rounds == 3 and s.mc_samples == 10 and s.alphas is None
     assert len(s.lambdas) == 17 and s.threads == 1
     q = BoundSettings(quick=True).resolved()
     assert q.rounds == 1 and q.epochs == 3 and q.taus == (1.0, 0.1)

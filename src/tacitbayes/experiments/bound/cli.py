@@ -86,7 +86,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rounds",
         type=positive_int,
-        help="rounds of (train the target MAP under the last choice, select) per prior family (2)",
+        help="rounds of (train the target MAP under the last choice, select) per prior family (3)",
     )
     p.add_argument("--alphas", type=positive_floats, help="grid of α (default: α δ on the λ grid)")
     p.add_argument(
@@ -96,7 +96,7 @@ def add_subparser(sub: argparse._SubParsersAction) -> None:
         "hidden layers alone",
     )
     p.add_argument(
-        "--taus", type=positive_floats, help="grid of posterior temperatures τ (1 … 0.1)"
+        "--taus", type=positive_floats, help="grid of posterior temperatures τ (2 … 0.1)"
     )
     p.add_argument(
         "--lambdas", type=positive_floats, help="grid of isotropic precisions λ (10^-0.5 … 10^3.5)"
