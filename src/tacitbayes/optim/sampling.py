@@ -224,7 +224,8 @@ class SampledOptimizer(torch.optim.Optimizer):
             noise = iter(self._noise.take(params))
         gen = generator if generator is not None else self._generator
         active: list[tuple[Tensor, Tensor, Tensor]] = []
-        scales: list[tuple[Tensor | None, float]] = []
+        scaled: tuple[list, list, list, list] = ([], [], [], [])  # θ += s·(ε ⊙ factor)
+        plain: list[tuple[Tensor, Tensor, float]] = []  # θ += σ·ε, σ a scalar (first step)
         with torch.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
@@ -233,20 +234,20 @@ class SampledOptimizer(torch.optim.Optimizer):
                     else:
                         eps = self._work.setdefault(p, {})["eps"] = next(noise)
                     active.append((p, self._buffer(p, "mean"), eps))
-                    scales.append(self._noise_scale(group, p))
+                    factor, scalar = self._noise_scale(group, p)
+                    if factor is None:
+                        plain.append((p, eps, scalar))
+                    else:
+                        for column, item in zip(scaled, (p, eps, factor, scalar), strict=True):
+                            column.append(item)
                     if train:
                         p.grad = None
-            # μ saved, then θ = μ + s·(ε ⊙ factor): one batched call each (foreach)
+            # μ saved, then the noise added: one batched (foreach) call each
             torch._foreach_copy_([m for _, m, _ in active], [p for p, _, _ in active])
-            batched = [
-                (*a[::2], *f) for a, f in zip(active, scales, strict=True) if f[0] is not None
-            ]
-            if batched:
-                params, noises, factors, values = (list(c) for c in zip(*batched, strict=True))
-                torch._foreach_addcmul_(params, noises, factors, values)
-            for (p, _, eps), (factor, scalar) in zip(active, scales, strict=True):
-                if factor is None:  # a scalar σ (before the first step)
-                    p.add_(eps, alpha=scalar)
+            if scaled[0]:
+                torch._foreach_addcmul_(*scaled)
+            for p, eps, scalar in plain:
+                p.add_(eps, alpha=scalar)
         self._active = active
         ok = False
         try:

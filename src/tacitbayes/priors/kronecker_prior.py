@@ -88,7 +88,7 @@ def _per_layer(
     if isinstance(value, Mapping):
         if sorted(value) != sorted(layers):
             raise InputError(f"{name} must give one value per layer {layers}, got {sorted(value)}")
-        return {k: _positive(f"{name}[{k!r}]", value[k], allow_zero) for k in layers}
+        return {k: _positive(f"{name}[{k!r}]", float(value[k]), allow_zero) for k in layers}
     return dict.fromkeys(layers, _positive(name, value, allow_zero))
 
 
