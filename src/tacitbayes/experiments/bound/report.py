@@ -54,7 +54,9 @@ def bound_plot(results: dict[str, Any], path: str | Path) -> Path:
         values = [results["priors"][n][key] for n in names]
         ax.bar(x + (i - (len(BARS) - 1) / 2) * width, values, width, label=label)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="vacuous (1)")
-    ax.set_xticks(x, names)
+    # the chosen hyper-parameters under each family (β = 0: the learned family chose no covariance)
+    labels = [f"{n}\n{_hyper(results['priors'][n]).replace(', ', chr(10))}" for n in names]
+    ax.set_xticks(x, labels, fontsize="small")
     ax.set_ylabel("0-1 risk")
     ax.set_title(
         f"{results['dataset']} / {results['model']}: classes {results['source_classes']} → "
