@@ -17,6 +17,7 @@ import time
 import torch
 
 from tacitbayes import metrics
+from tacitbayes.calibration import fit_logit_temperature
 from tacitbayes.data import load_dataset, rotate
 from tacitbayes.data.datasets import DEFAULT_ANGLES
 from tacitbayes.errors import TrainingDivergedError
@@ -54,6 +55,8 @@ def main() -> None:
     )
     parser.add_argument("--parametrization", default="sp")
     parser.add_argument("--skip-map", action="store_true")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="IBVI weight decay")
+    parser.add_argument("--train-samples", type=int, default=1, help="IBVI samples per step")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -77,6 +80,12 @@ def main() -> None:
         with torch.no_grad():
             row = _scores(lambda x: torch.softmax(model(x), -1), ev_x, ev_y, rotated)
         row["seconds"] = time.perf_counter() - start
+        with torch.no_grad():
+            temp, _ = fit_logit_temperature(model(fit_x), fit_y)
+            row["nll_map_temperature"] = metrics.evaluate(
+                torch.softmax(model(ev_x) / temp, -1).double(), ev_y
+            )["nll"]
+        row["map_temperature"] = temp
         results["runs"]["map"] = row
         print(json.dumps({"map": row}), flush=True)
     grid = [(o, lr, "first_last", 8) for o, lrs in CANDIDATES.items() for lr in lrs]
@@ -102,7 +111,13 @@ def main() -> None:
         key = f"{opt}:{lr:g}:{layer_choice}:{rank}"
         start = time.perf_counter()
         config = IBVIConfig(
-            epochs=args.epochs, optimizer=opt, lr=lr, seed=args.seed, progress=False
+            epochs=args.epochs,
+            optimizer=opt,
+            lr=lr,
+            weight_decay=args.weight_decay,
+            n_samples=args.train_samples,
+            seed=args.seed,
+            progress=False,
         )
         try:
             train_ibvi(vnet, data.train, config)

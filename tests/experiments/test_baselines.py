@@ -73,6 +73,12 @@ def test_compare_reports_verdicts_against_both_baselines(tmp_path: Path, monkeyp
     verdicts = report[report.index("## Verdicts") : report.index("## Results")]
     assert "Best baseline (lowest test NLL): **" in verdicts
     assert "- **laplace_last_layer**: " in verdicts and "(best baseline)" in verdicts
+    # the sampled methods' sample effect: recorded, tabulated; MAP has no samples
+    rows = saved["methods"]
+    assert "sample_effect" not in rows["map"]
+    for name in ("ensemble", "laplace_last_layer"):
+        assert 0 <= rows[name]["sample_effect"] < 1 and 0 <= rows[name]["sample_effect_ood"] < 1
+    assert "Sample effect: mean total-variation distance" in report
     for plot in ("reliability.png", "ood_histograms.png", "shift.png", "metrics.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
         assert f"]({plot})" in report

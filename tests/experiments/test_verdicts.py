@@ -60,3 +60,34 @@ def test_a_collapsed_posterior_is_said_in_words() -> None:
         "prior precision 2 (evidence value 2)"
     )
     assert collapse_note({"prior_precision": [1.0, 2.0]}) is None
+
+
+def test_a_posterior_whose_samples_agree_is_said_to_predict_like_one_network() -> None:
+    row = {**MAP, "nll": 0.19, "map_distance": 0.03, "sample_effect": 1.8e-3}
+    row["sample_effect_ood"] = 0.04
+    text = verdict("ibvi", {"map": MAP, "ibvi": row})
+    assert "In distribution its samples agree" in text
+    assert "distance of 1.8e-03 (on the OOD set 4.0e-02)" in text
+    spread = verdict("ibvi", {"map": MAP, "ibvi": {**row, "sample_effect": 0.02}})
+    assert "samples agree" not in spread
+    assert "predicts like that one network" in text
+    # the ensemble's members are its samples: the same test applies
+    assert "samples agree" in verdict("ensemble", {"map": MAP, "ensemble": row})
+    assert "samples agree" not in verdict("map_temperature", {"map": MAP, "map_temperature": MAP})
+
+
+def test_sample_effect_is_the_distance_from_the_softmax_of_the_mean_logits() -> None:
+    import torch
+
+    from tacitbayes.experiments.compare.evaluate import sample_effect
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, 3, generator=gen, dtype=torch.float64)
+    effect = sample_effect(logits)
+    for n in range(7):  # one input at a time, written out
+        mixture = sum(torch.softmax(logits[s, n], -1) for s in range(5)) / 5
+        single = torch.softmax(sum(logits[s, n] for s in range(5)) / 5, -1)
+        assert torch.isclose(effect[n], 0.5 * (mixture - single).abs().sum())
+    same = logits[:1].expand(4, -1, -1)  # identical samples: no effect
+    assert torch.all(sample_effect(same).abs() < 1e-15)
+    assert torch.all(effect > 0)

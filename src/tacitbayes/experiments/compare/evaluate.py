@@ -26,9 +26,10 @@ def predict_with_scores(
     """Class probabilities for ``inputs`` and, for a sampling method, the epistemic scores (on the CPU).
 
     A predictor with ``predict_samples(x)`` (logits of shape (S, N, C)) gets the mutual
-    information (BALD) and the summed logit variance per input; others get none.
+    information (BALD), the summed logit variance and the sample effect per input
+    (:func:`sample_effect`); others get none.
     """
-    probs, mi, var = [], [], []
+    probs, mi, var, effect = [], [], [], []
     sampled = hasattr(predictor, "predict_samples")
     for (x,) in minibatches(TensorDataset(inputs), batch_size):
         if sampled:
@@ -37,10 +38,24 @@ def predict_with_scores(
             probs.append(sample_probs.mean(0))
             mi.append(metrics.mutual_information(sample_probs))
             var.append(metrics.logit_variance(logits))
+            effect.append(sample_effect(logits))
         else:
             probs.append(predictor.predict(x).detach().cpu().to(torch.float64))
-    scores = {"mi": torch.cat(mi), "variance": torch.cat(var)} if sampled else {}
+    scores = {}
+    if sampled:
+        scores = {"mi": torch.cat(mi), "variance": torch.cat(var), "effect": torch.cat(effect)}
     return torch.cat(probs), scores
+
+
+def sample_effect(logits: torch.Tensor) -> torch.Tensor:
+    """½ Σ_c |(1/S) Σ_s softmax(f_s)_c − softmax((1/S) Σ_s f_s)_c| per input, for logits (S, N, C).
+
+    How far averaging the samples' probabilities moves the prediction from the single
+    network at the samples' mean logits: 0 when every sample predicts alike.
+    """
+    mixture = torch.softmax(logits, -1).mean(0)
+    single = torch.softmax(logits.mean(0), -1)
+    return 0.5 * (mixture - single).abs().sum(-1)
 
 
 def evaluate_predictor(
@@ -53,13 +68,19 @@ def evaluate_predictor(
     predict_seconds = time.perf_counter() - start
     result: dict[str, Any] = metrics.evaluate(probs, y_test)
     result["predict_seconds"] = predict_seconds
+    if "effect" in scores:
+        result["sample_effect"] = float(scores["effect"].mean())
     arrays = {"test": probs}
     if len(data.ood):
         probs_ood, scores_ood = predict_with_scores(predictor, data.ood, batch_size)
         arrays["ood"] = probs_ood
         result["ood_auroc"] = metrics.ood_auroc(probs, probs_ood, score="max_prob")
         result["ood_auroc_entropy"] = metrics.ood_auroc(probs, probs_ood, score="entropy")
-        for name in scores:
+        if "effect" in scores_ood:
+            result["sample_effect_ood"] = float(scores_ood["effect"].mean())
+        for name in ("mi", "variance"):
+            if name not in scores:
+                continue
             result[f"ood_auroc_{name}"] = metrics.auroc_from_scores(scores[name], scores_ood[name])
     shift = {}
     for angle in data.angles:

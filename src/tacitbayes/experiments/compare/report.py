@@ -73,6 +73,18 @@ def _report(results: dict[str, Any], settings: dict[str, Any]) -> str:
         lines += ["", "OOD AUROC by score:", ""]
         rows = [[name, *(cell(row.get(k)) for k in keys)] for name, row in methods.items()]
         lines += markdown_table(["method", "max-prob", "entropy", "MI", "variance"], rows)
+    if any("sample_effect" in r for r in methods.values()):
+        keys = ("sample_effect", "sample_effect_ood")
+        lines += [
+            "",
+            "Sample effect: mean total-variation distance between averaging the samples' "
+            "probabilities and the softmax of their mean logits (0: the samples predict alike):",
+            "",
+        ]
+        rows = [
+            [name, *(cell(row.get(k), "{:.1e}") for k in keys)] for name, row in methods.items()
+        ]
+        lines += markdown_table(["method", "test", "OOD"], rows)
     lines += ["", "## Plots", ""]
     lines += [f"![{p[:-4]}]({p})" for p in PLOTS]
     notes = search_notes(results)

@@ -20,6 +20,7 @@ __all__ = [
     "BASELINES",
     "HEADLINE",
     "LIKE_MAP_TV",
+    "LIKE_ONE_NETWORK_TV",
     "best_baseline",
     "collapse_note",
     "map_distance",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 LIKE_MAP_TV = 1e-3  # mean total-variation distance to MAP's test predictions
+# mean TV between averaging the samples' probabilities and the softmax of their mean logits
+LIKE_ONE_NETWORK_TV = 5e-3
 BASELINES = ("map_temperature", "ensemble")
 # headline metric -> (which direction is better, the smallest difference that counts)
 HEADLINE: dict[str, tuple[str, float]] = {
@@ -107,6 +110,20 @@ def collapse_note(row: dict[str, Any]) -> str | None:
     return f"prior precision {chosen:.3g} (evidence value {evidence:.3g})"
 
 
+def single_network_note(row: dict[str, Any]) -> str | None:
+    """A sentence when a sampling method's samples agree on the test set (it predicts like one network)."""
+    effect = row.get("sample_effect")
+    if not _number(effect) or effect >= LIKE_ONE_NETWORK_TV:
+        return None
+    ood = row.get("sample_effect_ood")
+    off = f" (on the OOD set {ood:.1e})" if _number(ood) else ""
+    return (
+        f"In distribution its samples agree: averaging them moves the test predictions by a "
+        f"mean total-variation distance of {effect:.1e}{off} from the single network at "
+        "their mean logits: in distribution it predicts like that one network."
+    )
+
+
 def verdict(name: str, methods: dict[str, dict[str, Any]]) -> str:
     """One or two sentences on method ``name`` against MAP and against the best baseline."""
     row = methods[name]
@@ -131,6 +148,9 @@ def verdict(name: str, methods: dict[str, dict[str, Any]]) -> str:
         ):
             at = " at this prior precision" if "prior_precision" in row else ""
             sentences.append(f"Worse than MAP in distribution (higher NLL): it underfits{at}.")
+        single = single_network_note(row)
+        if single:
+            sentences.append(single)
         sentences.append(_upper(_sentence("MAP", row, ref)) + ".")
     best = best_baseline(methods)
     if best is not None and best != name:
