@@ -36,6 +36,18 @@ Fashion-MNIST MLP, 10 epochs, SP (accuracy / NLL; MAP 0.906 / 0.243):
   lower NLL), the input layer's noise buys ~0.013 of shift accuracy for ~1 point of
   accuracy.
 * μP with the same learning rates was worse on a 10k-image subset.
+
+These settings were chosen once, on the fashion-mnist MLP, and are used unchanged on
+every data set and model (no per-data-set selection). Later checks on the same
+validation halves did not move them (``benchmarks/ibvi_tune.py``; NLL after the
+temperature, MAP with temperature 0.2442, the default 0.2448): Adam 2e-3 0.2442, 3e-3
+0.2516, MAP's weight decay 1e-4 0.2476, rank 32 0.2532. On digits (a 72-image
+evaluation half) the under-trained LeNet (temperature 0.43 < 1) prefers a larger step
+(2e-3: 0.176, 3e-3: 0.140, against 0.329) or four samples per step (0.185, at 5× the
+time), the MLP does not (0.067, 0.058, 0.077 against 0.066).
+In distribution the samples of this posterior agree (compare's ``sample_effect``, 1e-3
+to 2e-3 on the fashion-mnist test set), so its test metrics are those of one network
+trained under last-layer noise; the posterior's spread shows off the data (OOD AUROC by MI).
 """
 
 from __future__ import annotations
