@@ -66,7 +66,7 @@ def test_a_posterior_whose_samples_agree_is_said_to_predict_like_one_network() -
     row = {**MAP, "nll": 0.19, "map_distance": 0.03, "sample_effect": 1.8e-3}
     row["sample_effect_ood"] = 0.04
     text = verdict("ibvi", {"map": MAP, "ibvi": row})
-    assert "In distribution its samples agree" in text
+    assert "Its samples agree on the test set" in text
     assert "distance of 1.8e-03 (on the OOD set 4.0e-02)" in text
     spread = verdict("ibvi", {"map": MAP, "ibvi": {**row, "sample_effect": 0.02}})
     assert "samples agree" not in spread

@@ -118,9 +118,9 @@ def single_network_note(row: dict[str, Any]) -> str | None:
     ood = row.get("sample_effect_ood")
     off = f" (on the OOD set {ood:.1e})" if _number(ood) else ""
     return (
-        f"In distribution its samples agree: averaging them moves the test predictions by a "
-        f"mean total-variation distance of {effect:.1e}{off} from the single network at "
-        "their mean logits: in distribution it predicts like that one network."
+        f"Its samples agree on the test set: averaging them moves the predictions by a mean "
+        f"total-variation distance of {effect:.1e}{off} from the single network at their "
+        "mean logits, so in distribution it predicts like that one network."
     )
 
 
