@@ -68,19 +68,19 @@ def evaluate_predictor(
     predict_seconds = time.perf_counter() - start
     result: dict[str, Any] = metrics.evaluate(probs, y_test)
     result["predict_seconds"] = predict_seconds
-    if "effect" in scores:
-        result["sample_effect"] = float(scores["effect"].mean())
+    effect = scores.pop("effect", None)  # not an OOD score: its mean is reported as it is
+    if effect is not None:
+        result["sample_effect"] = float(effect.mean())
     arrays = {"test": probs}
     if len(data.ood):
         probs_ood, scores_ood = predict_with_scores(predictor, data.ood, batch_size)
         arrays["ood"] = probs_ood
         result["ood_auroc"] = metrics.ood_auroc(probs, probs_ood, score="max_prob")
         result["ood_auroc_entropy"] = metrics.ood_auroc(probs, probs_ood, score="entropy")
-        if "effect" in scores_ood:
-            result["sample_effect_ood"] = float(scores_ood["effect"].mean())
-        for name in ("mi", "variance"):
-            if name not in scores:
-                continue
+        effect_ood = scores_ood.pop("effect", None)
+        if effect_ood is not None:
+            result["sample_effect_ood"] = float(effect_ood.mean())
+        for name in scores:
             result[f"ood_auroc_{name}"] = metrics.auroc_from_scores(scores[name], scores_ood[name])
     shift = {}
     for angle in data.angles:
