@@ -159,6 +159,33 @@ def test_mean_restored_after_an_exception_and_nothing_collected() -> None:
         opt.step()
 
 
+def test_the_mean_keeps_its_storage_and_a_sample_keeps_the_parameter_layout() -> None:
+    """θ lives in a buffer the parameter points at inside the context; μ's own storage is
+    never written, and the parameter points back at it on leaving."""
+    conv = nn.Conv2d(3, 4, 3).double().to(memory_format=torch.channels_last)
+    opt = IVON(conv.parameters(), lr=0.1, ess=10.0, seed=1)
+    mu = conv.weight.detach().clone()
+    ptr, strides = conv.weight.data_ptr(), conv.weight.stride()
+    with opt.sampled_params(train=True):
+        assert conv.weight.stride() == strides and conv.weight.data_ptr() != ptr
+        assert not torch.equal(conv.weight, mu)
+        conv(torch.randn(2, 3, 5, 5, dtype=DT)).sum().backward()
+    assert conv.weight.data_ptr() == ptr and torch.equal(conv.weight, mu)
+    assert conv.weight.grad is not None and conv.weight.grad.shape == mu.shape
+
+
+def test_backward_after_leaving_the_context_raises() -> None:
+    """A graph built on θ cannot be backpropagated once the parameter holds μ again (it
+    would read μ where the forward pass used θ)."""
+    model = _mlp()
+    opt = IVON(model.parameters(), lr=0.1, ess=10.0, seed=0)
+    x, y = _data()
+    with opt.sampled_params(train=True):
+        loss = nn.functional.cross_entropy(model(x), y)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 # --------------------------------------------------------------------------- convex problem
 
 
