@@ -19,10 +19,14 @@ the same steps with the same hyper-parameters in the same interleaved rounds, an
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +65,35 @@ def _ivon_epoch(model, opt, batches) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def _import_ivon_opt():  # noqa: ANN202
+    """The package ``ivon`` of the distribution ivon-opt (GPL; measured, never shipped).
+
+    This script is itself named ``ivon.py`` and its folder is first on ``sys.path``, so a
+    plain ``import ivon`` would import this script (and with it tacitbayes' IVON): the
+    folder is left out while importing, and the module must be ivon-opt's own file.
+    """
+    try:
+        dist = importlib.metadata.distribution("ivon-opt")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise SystemExit("--peer needs ivon-opt: run `make bench-peers`") from exc
+    expected = Path(str(dist.locate_file("ivon/__init__.py"))).resolve()
+    here = Path(__file__).resolve().parent
+    saved_path, cached = list(sys.path), sys.modules.pop("ivon", None)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    try:
+        module = importlib.import_module("ivon")
+    finally:
+        sys.path[:] = saved_path
+        if cached is not None:  # this script, imported as `ivon` by someone else
+            sys.modules["ivon"] = cached
+    if Path(module.__file__ or "").resolve() != expected:
+        raise SystemExit(f"--peer: `ivon` resolved to {module.__file__}, not ivon-opt's {expected}")
+    return module
+
+
 def _peer_optimizer(model, n_train: int):  # noqa: ANN001, ANN202
     """ivon-opt's IVON with the settings of ours (imported only when asked for)."""
-    try:
-        import ivon  # noqa: PLC0415  (GPL; measured, never shipped)
-    except ImportError as exc:
-        raise SystemExit("--peer needs ivon-opt: run `make bench-peers`") from exc
+    ivon = _import_ivon_opt()
     return ivon.IVON(
         model.parameters(),
         lr=1.0,
@@ -132,6 +159,7 @@ def main() -> None:
     peer = {}
     if args.peer:
         peer = {
+            "ivon_opt_version": importlib.metadata.version("ivon-opt"),
             "ivon_opt_epoch_seconds": med["ivon_opt"],
             "ivon_opt_ratio_to_sgd": med["ivon_opt"] / med["sgd"],
             "ratio_to_ivon_opt": med["ivon"] / med["ivon_opt"],
