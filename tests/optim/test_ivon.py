@@ -174,6 +174,39 @@ def test_the_mean_keeps_its_storage_and_a_sample_keeps_the_parameter_layout() ->
     assert conv.weight.grad is not None and conv.weight.grad.shape == mu.shape
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_sample_restore_and_step_on_the_device(device: str) -> None:
+    """On the model's device: θ = μ + σ ⊙ ε with ε the seeded stream of a generator there,
+    μ restored in its own storage, and a step that matches the eager update."""
+    if device == "cuda":
+        assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
+    x, y = (t.to(device) for t in _data())
+    model = _mlp().to(device)
+    gen = torch.Generator(device=device).manual_seed(7)
+    replay = torch.Generator(device=device).manual_seed(7)
+    opt = IVON(model.parameters(), lr=0.1, ess=50.0, hess_init=0.5, beta2=0.9, generator=gen)
+    twin = copy.deepcopy(model)
+    eager = IVON(twin.parameters(), lr=0.1, ess=50.0, hess_init=0.5, beta2=0.9, fused=False)
+    eager.generator = torch.Generator(device=device).manual_seed(7)
+    for _ in range(3):
+        mu = [p.detach().clone() for p in model.parameters()]
+        std = [opt.posterior_std()[p] for p in model.parameters()]
+        ptrs = [p.data_ptr() for p in model.parameters()]
+        with opt.sampled_params(train=True):
+            for p, m, s in zip(model.parameters(), mu, std, strict=True):
+                eps = torch.randn(p.shape, generator=replay, dtype=DT, device=device)
+                torch.testing.assert_close(p, m + s * eps, rtol=0, atol=1e-14)
+            nn.functional.cross_entropy(model(x), y).backward()
+        assert [p.data_ptr() for p in model.parameters()] == ptrs
+        assert all(torch.equal(p, m) for p, m in zip(model.parameters(), mu, strict=True))
+        opt.step()
+        with eager.sampled_params(train=True):
+            nn.functional.cross_entropy(twin(x), y).backward()
+        eager.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_backward_after_leaving_the_context_raises() -> None:
     """A graph built on θ cannot be backpropagated once the parameter holds μ again (it
     would read μ where the forward pass used θ)."""
