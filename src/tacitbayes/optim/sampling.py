@@ -202,8 +202,8 @@ class SampledOptimizer(torch.optim.Optimizer):
         for ``p``'s strides sees the same strides), allocated once and reused."""
         work = self._work.setdefault(p, {})
         buf = work.get("theta")
-        if buf is None:
-            buf = work["theta"] = torch.empty_like(p.detach())
+        if buf is None or (buf.shape, buf.dtype, buf.device) != (p.shape, p.dtype, p.device):
+            buf = work["theta"] = torch.empty_like(p.detach())  # new, or p was converted
         return buf
 
     def _standard_normal(self, p: Tensor, generator: torch.Generator) -> Tensor:
