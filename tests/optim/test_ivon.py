@@ -207,6 +207,19 @@ def test_sample_restore_and_step_on_the_device(device: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_a_parameter_converted_after_a_sample_gets_a_new_sample_buffer() -> None:
+    model = _mlp().float()
+    opt = IVON(model.parameters(), lr=0.1, ess=10.0, seed=0)
+    with opt.sampled_params():
+        pass
+    model.double()  # the same Parameter objects, now float64
+    mu = _flat(model).clone()
+    with opt.sampled_params():
+        assert all(p.dtype == DT for p in model.parameters())
+        assert not torch.equal(_flat(model), mu)
+    assert torch.equal(_flat(model), mu)
+
+
 def test_backward_after_leaving_the_context_raises() -> None:
     """A graph built on θ cannot be backpropagated once the parameter holds μ again (it
     would read μ where the forward pass used θ)."""
