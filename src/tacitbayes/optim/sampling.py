@@ -189,21 +189,19 @@ class SampledOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ sampling
 
-    def _buffer(self, p: Tensor, name: str) -> Tensor:
-        """A scratch tensor shaped like ``p``, allocated once and reused (never saved)."""
+    def _buffer(
+        self, p: Tensor, name: str, layout: torch.memory_format = torch.contiguous_format
+    ) -> Tensor:
+        """A scratch tensor shaped like ``p``, allocated once and reused (never saved).
+
+        Remade if ``p`` was converted (dtype, device or shape) since. ``layout``
+        ``torch.preserve_format`` gives ``p``'s own strides (the buffer a sample θ is
+        written into, so that a model compiled for ``p``'s strides sees the same ones).
+        """
         work = self._work.setdefault(p, {})
         buf = work.get(name)
-        if buf is None:
-            buf = work[name] = torch.empty_like(p, memory_format=torch.contiguous_format)
-        return buf
-
-    def _theta_buffer(self, p: Tensor) -> Tensor:
-        """The buffer a sample θ is written into: laid out like ``p`` (a model compiled
-        for ``p``'s strides sees the same strides), allocated once and reused."""
-        work = self._work.setdefault(p, {})
-        buf = work.get("theta")
         if buf is None or (buf.shape, buf.dtype, buf.device) != (p.shape, p.dtype, p.device):
-            buf = work["theta"] = torch.empty_like(p.detach())  # new, or p was converted
+            buf = work[name] = torch.empty_like(p.detach(), memory_format=layout)
         return buf
 
     def _standard_normal(self, p: Tensor, generator: torch.Generator) -> Tensor:
@@ -246,7 +244,7 @@ class SampledOptimizer(torch.optim.Optimizer):
                         eps = self._standard_normal(p, gen)
                     else:
                         eps = self._work.setdefault(p, {})["eps"] = next(noise)
-                    theta = self._theta_buffer(p)
+                    theta = self._buffer(p, "theta", torch.preserve_format)
                     factor, scalar = self._noise_scale(group, p)
                     if factor is None:
                         torch.add(p, eps, alpha=scalar, out=theta)
