@@ -13,7 +13,12 @@ project's environment, for measurement only; nothing of it is part of tacitbayes
 the same steps with the same hyper-parameters in the same interleaved rounds, and
 "ratio_to_ivon_opt" is tacitbayes' IVON time over ivon-opt's.
 
+With ``--breakdown`` a diagnostic third run (not the method) times IVON with its noise
+drawn once and reused every step: "ratio_without_draw" is what IVON would cost if
+drawing ε were free, so ratio − ratio_without_draw is the draw's share of the step.
+
     .venv/bin/python benchmarks/ivon.py [--steps 300] [--repeats 7] [--threads N] [--peer]
+        [--breakdown]
 """
 
 from __future__ import annotations
@@ -65,6 +70,30 @@ def _ivon_epoch(model, opt, batches) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+# the fashion-mnist settings of the compare method, given to both implementations
+SETTINGS = dict(lr=1.0, hess_init=0.1, beta2=0.99995, weight_decay=5e-4, clip_radius=1e-2)
+
+
+def _ours(model: torch.nn.Module, n_train: int) -> IVON:
+    """tacitbayes' IVON with the shared settings."""
+    return IVON(model.parameters(), ess=n_train, rescale_lr=True, seed=0, **SETTINGS)
+
+
+def _without_draw(opt: IVON) -> IVON:
+    """``opt`` with ε drawn once and reused every step (a diagnostic, not the method)."""
+    opt._noise = None  # no drawing ahead: every ε comes from the frozen buffers below
+    frozen: dict[torch.Tensor, torch.Tensor] = {}
+
+    def standard_normal(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if p not in frozen:
+            frozen[p] = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        opt._work.setdefault(p, {})["eps"] = frozen[p]  # where the update reads ε
+        return frozen[p]
+
+    opt._standard_normal = standard_normal  # type: ignore[method-assign]
+    return opt
+
+
 def _import_ivon_opt():  # noqa: ANN202
     """The package ``ivon`` of the distribution ivon-opt (GPL; measured, never shipped).
 
@@ -94,16 +123,7 @@ def _import_ivon_opt():  # noqa: ANN202
 def _peer_optimizer(model, n_train: int):  # noqa: ANN001, ANN202
     """ivon-opt's IVON with the settings of ours (imported only when asked for)."""
     ivon = _import_ivon_opt()
-    return ivon.IVON(
-        model.parameters(),
-        lr=1.0,
-        ess=n_train,
-        hess_init=0.1,
-        beta2=0.99995,
-        weight_decay=5e-4,
-        clip_radius=1e-2,
-        rescale_lr=True,
-    )
+    return ivon.IVON(model.parameters(), ess=n_train, rescale_lr=True, **SETTINGS)
 
 
 def main() -> None:
@@ -115,6 +135,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--peer", action="store_true", help="also time ivon-opt")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time IVON with its noise drawn once"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,21 +148,16 @@ def main() -> None:
     model_ivon = build_model("mlp", data.input_shape, data.n_classes)
     model_ivon.load_state_dict(model_sgd.state_dict())
     sgd = torch.optim.SGD(model_sgd.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    ivon = IVON(  # the fashion-mnist settings of the compare method
-        model_ivon.parameters(),
-        lr=1.0,
-        ess=len(data.train),
-        hess_init=0.1,
-        beta2=0.99995,
-        weight_decay=5e-4,
-        clip_radius=1e-2,
-        rescale_lr=True,
-        seed=0,
-    )
+    ivon = _ours(model_ivon, len(data.train))
     runs = {
         "ivon": lambda b: _ivon_epoch(model_ivon, ivon, b),
         "sgd": lambda b: _sgd_epoch(model_sgd, sgd, b),
     }
+    if args.breakdown:
+        model_free = build_model("mlp", data.input_shape, data.n_classes)
+        model_free.load_state_dict(model_sgd.state_dict())
+        free = _without_draw(_ours(model_free, len(data.train)))
+        runs["ivon_without_draw"] = lambda b: _ivon_epoch(model_free, free, b)
     if args.peer:
         model_peer = build_model("mlp", data.input_shape, data.n_classes)
         model_peer.load_state_dict(model_sgd.state_dict())
@@ -178,6 +196,11 @@ def main() -> None:
                 "sgd_epoch_seconds": med["sgd"],
                 "ratio": med["ivon"] / med["sgd"],
                 "ratio_cpu_time": med_cpu["ivon"] / med_cpu["sgd"],
+                **(
+                    {"ratio_without_draw": med["ivon_without_draw"] / med["sgd"]}
+                    if args.breakdown
+                    else {}
+                ),
                 "target": 1.3,
                 **peer,
                 "ivon_wall_all": wall["ivon"],
