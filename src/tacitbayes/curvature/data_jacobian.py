@@ -7,7 +7,10 @@ becomes the N×P matrix of per-example loss gradients (O = 1), which costs one J
 one VJP per pass whatever the number of network outputs.
 
 The data are streamed: every product iterates the loader again and holds one batch at
-a time (``cache=True`` keeps the batches, for solvers that visit them out of order).
+a time (``cache=True`` keeps the batches, for solvers that visit them out of order). The
+loader is read through one :class:`tacitbayes.batches.DataPass`, so every product sees
+the same rows in the same order (a shuffling DataLoader is read in order; a loader whose
+batches change between passes is refused).
 
 Under torch.distributed (see :mod:`tacitbayes.distributed`) every rank is given the same
 loader and reads its shard; the operator is still the GLOBAL J. Parameter-space vectors
@@ -31,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from tacitbayes.batches import Batch, check_loader, map_inputs, n_examples, read_batch, to_model
+from tacitbayes.batches import Batch, data_pass, map_inputs, n_examples, read_batch, to_model
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.curvature.operators import (
     Data,
@@ -41,12 +44,10 @@ from tacitbayes.curvature.operators import (
     _free_params,
 )
 from tacitbayes.distributed import (
-    Shard,
     all_gather_cat,
     all_reduce_,
     all_reduce_float,
     is_distributed,
-    shard,
 )
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
@@ -75,16 +76,14 @@ class DataJacobian(LinearOperator):
         self.fmodel = FunctionalModel(model, param_names)
         self.params, self._dtype, self._device = _free_params(self.fmodel)
         self.chunk_size = _check_chunk(chunk_size)
-        full = check_loader(data)
+        self.data = data_pass(data)  # one fixed order for every pass, this rank's shard
         self.distributed = is_distributed()
-        self.data = shard(full)
         self._cache: list[Batch] | None = [] if cache else None
         self.batch_rows: list[int] = []
         n_outputs = None
         first_example: Batch | None = None
         loss_sum = 0.0
-        for batch in self.data:
-            x, y = self._prepare(batch)
+        for x, y in self.data.batches(self._device, self._dtype):
             with torch.no_grad():
                 out = self.fmodel(self.params, x)
             if out.ndim != 2:
@@ -103,7 +102,7 @@ class DataJacobian(LinearOperator):
             if self._cache is not None:
                 self._cache.append((x, y))
         if n_outputs is None and self.distributed:  # an empty shard: sizes from batch 0
-            for batch in full:
+            for batch in self.data.source:
                 x, y = self._prepare(batch)
                 with torch.no_grad():
                     n_outputs = int(self.fmodel(self.params, x).shape[1])
@@ -125,7 +124,7 @@ class DataJacobian(LinearOperator):
     def _place_batches(self, rows: list[int]) -> None:
         """Global batch order and row positions: batch i of rank r's shard is batch r + iW."""
         w, r = (dist.get_world_size(), dist.get_rank()) if self.distributed else (1, 0)
-        presharded = self.distributed and not isinstance(self.data, Shard)
+        presharded = self.data.presharded
         # presharded loaders: the global order is rank 0's batches, then rank 1's, ...
         keys = [r * 2**40 + i if presharded else r + i * w for i in range(len(rows))]
         mine = torch.tensor([[k, n] for k, n in zip(keys, rows, strict=True)], dtype=torch.long)
@@ -166,9 +165,10 @@ class DataJacobian(LinearOperator):
 
     def iter_batches(self) -> Iterator[Batch]:
         """The (x, y) batches in order, on the parameters' device (targets prepared)."""
-        source = self._cache if self._cache is not None else self.data
-        for batch in source:
-            x, y = batch if self._cache is not None else self._prepare(batch)
+        source = (
+            self._cache if self._cache is not None else self.data.batches(self._device, self._dtype)
+        )
+        for x, y in source:
             target = self.loss.prepare_target(y, n_examples(x), self.network_outputs, self._dtype)
             yield Batch(x, target)
 

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.batches import check_loader, iter_batches
+from tacitbayes.batches import DataPass, data_pass
 from tacitbayes.budget import check_count
 from tacitbayes.curvature.columns import per_example_columns, reduce_pass
 from tacitbayes.curvature.layers import (
@@ -63,7 +63,7 @@ from tacitbayes.curvature.layers import (
 )
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.curvature.operators import LinearOperator, _free_params
-from tacitbayes.distributed import all_reduce_, rank, shard
+from tacitbayes.distributed import all_reduce_, rank
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.linalg import KroneckerProduct
@@ -100,9 +100,9 @@ def _symmetrize_(m: Tensor, scale: float) -> Tensor:
     return m.add_(upper).mul_(0.5 * scale)
 
 
-def _as_data(data: Any) -> Iterable[Any]:
-    """A single batch as a one-batch list, or the re-iterable of batches itself."""
-    return check_loader(data)
+def _as_data(data: Any) -> DataPass:
+    """The data pass over ``data`` (a single batch is a one-batch loader)."""
+    return data_pass(data)
 
 
 class KFAC(LinearOperator):
@@ -219,7 +219,7 @@ class KFAC(LinearOperator):
         n_total, loss_sum = 0, 0.0
         gen = torch.Generator(device=self.device).manual_seed(self.seed + rank())
         n_outputs = 0
-        for x, y in iter_batches(shard(data), self.device, self.dtype):
+        for x, y in _as_data(data).batches(self.device, self.dtype):
             f, y, factor, chunks = backprop_batch(
                 self.fmodel,
                 self.loss,

@@ -103,7 +103,10 @@ class CrossEntropyLoss(Loss):
         """Require integer class labels of shape (n,) in [0, o)."""
         _check_batch(y, n)
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise InputError(f"cross_entropy needs integer class labels, got dtype {y.dtype}")
+            raise InputError(
+                f"cross_entropy needs integer class labels, got dtype {y.dtype} (the second "
+                "entry of each (x, y) batch is read as the targets)"
+            )
         if o == 1:
             raise InputError(
                 "cross_entropy needs one output per class (at least 2); a single-logit binary "

@@ -38,9 +38,8 @@ from torch.func import grad, jvp, vjp, vmap
 
 from tacitbayes.batches import (
     Batch,
+    DataPass,
     Inputs,
-    check_loader,
-    iter_batches,
     move_inputs,
     n_examples,
     read_batch,
@@ -48,7 +47,7 @@ from tacitbayes.batches import (
 from tacitbayes.budget import check_count, items_per_chunk
 from tacitbayes.curvature.columns import ggn_diagonal
 from tacitbayes.curvature.losses import Loss, get_loss
-from tacitbayes.distributed import all_reduce_, all_reduce_float, shard
+from tacitbayes.distributed import all_reduce_, all_reduce_float
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
 
@@ -295,8 +294,9 @@ class _LossCurvature(LinearOperator):
         self.chunk_size = _check_chunk(chunk_size)
         self.fmodel = FunctionalModel(model, param_names)
         self.params, dtype, device = _free_params(self.fmodel)
-        self.data = check_loader(data)
-        first = next(iter(self.data), None)
+        # one fixed order; products are sums that follow in-place changes of the data
+        self.data = DataPass(data, checked=False)
+        first = next(iter(self.data.source), None)  # every rank: batch 0 of the whole loader
         if first is None:
             raise InputError("data holds no batch")
         x = read_batch(first).inputs
@@ -313,14 +313,14 @@ class _LossCurvature(LinearOperator):
 
     def batches(self) -> Iterator[Batch]:
         """This rank's validated (x, y) batches on the operator's device, targets prepared for the loss."""
-        for x, y in iter_batches(shard(self.data), self.device, self.dtype):
+        for x, y in self.data.batches(self.device, self.dtype):
             yield Batch(x, self.loss.prepare_target(y, n_examples(x), self.n_outputs, self.dtype))
 
     @property
     def n_data(self) -> int:
         """Total number of examples N in ``data`` (summed over ranks)."""
         if self._n_data is None:
-            mine = sum(n_examples(read_batch(b).inputs) for b in shard(self.data))
+            mine = sum(n_examples(b.inputs) for b in self.data)
             self._n_data = int(all_reduce_float(mine))
         return self._n_data
 
@@ -482,7 +482,7 @@ class Hessian(_LossCurvature):
         if self.mode != "reverse-over-reverse":
             return False
         if self.cache_graph is None:
-            return isinstance(self.data, (list, tuple)) and len(self.data) == 1
+            return isinstance(self.data.source, (list, tuple)) and len(self.data.source) == 1
         return self.cache_graph
 
     def clear_cache(self) -> None:
@@ -493,8 +493,8 @@ class Hessian(_LossCurvature):
         """Everything a product reads, with version counters: free, fixed and buffer tensors."""
         module = self.fmodel.module
         tensors = [*self.params.values(), *module.parameters(), *module.buffers()]
-        if isinstance(self.data, (list, tuple)):
-            tensors += _tensors_in(self.data)
+        if isinstance(self.data.source, (list, tuple)):
+            tensors += _tensors_in(self.data.source)
         return _versions(tensors)
 
     def _retain_graphs(self) -> list[tuple[tuple[Tensor, ...], list[Tensor]]]:

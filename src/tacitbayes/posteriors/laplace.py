@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, n_examples, peek_batch
-from tacitbayes.distributed import all_gather_cat, is_distributed, presharded, shard
+from tacitbayes.batches import DataPass, Inputs, n_examples, peek_batch
+from tacitbayes.distributed import all_gather_cat, is_distributed, presharded
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel, flatten, last_layer_names, layer_names
 from tacitbayes.posteriors.glm import glm_predictive
@@ -65,13 +65,13 @@ LIKELIHOODS = {
 STRUCTURES = ("diag", "kron", "last_layer")
 
 
-def _trace_last_layer(model: nn.Module, loader: Iterable[Any]) -> tuple[list[str], Iterable[Any]]:
+def _trace_last_layer(model: nn.Module, loader: DataPass) -> tuple[list[str], Iterable[Any]]:
     """(last-layer names traced on the first batch, the loader: still one pass).
 
-    Every rank holds the same loader, hence the same first batch (an empty shard too); a
-    presharded loader is traced on the lowest rank holding a batch, the names broadcast.
+    Under torch.distributed the data pass yields this rank's shard: the lowest rank holding
+    a batch traces it and broadcasts the names; the rest of the pass stays this rank's.
     """
-    if not (is_distributed() and shard(loader) is loader):
+    if not is_distributed():
         first, rest = peek_batch(loader, "train_loader")
         return last_layer_names(model, first.inputs), rest
     try:
@@ -268,7 +268,7 @@ class Laplace:
         ``n_data``: the loader is a subset of a training set of ``n_data`` examples; the
         loss and the curvature are scaled by n_data / (examples seen).
         """
-        loader = as_loader(train_loader, FIT_BATCH_SIZE, what="train_loader")
+        loader: Iterable[Any] = DataPass(train_loader, what="train_loader")
         if self._fmodel is None:  # last_layer, none named: trace it on the first batch
             names, loader = _trace_last_layer(self.model, loader)
             self._cover(names)

@@ -23,8 +23,8 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-from tacitbayes.batches import FIT_BATCH_SIZE, as_loader, n_examples, read_batch
-from tacitbayes.distributed import all_reduce_, shard
+from tacitbayes.batches import data_pass, n_examples
+from tacitbayes.distributed import all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.posteriors.laplace_protocol import TunableLaplace
 from tacitbayes.search import check_grid_edge
@@ -121,8 +121,7 @@ def predictive_nll(
         la.prior_precision = prior_precision
     total, count = 0.0, 0
     try:
-        for batch in shard(as_loader(loader, FIT_BATCH_SIZE, what="val_loader")):
-            x, y = read_batch(batch)
+        for x, y in data_pass(loader, what="val_loader"):
             if link_approx == "mc":
                 out = la.predict(x, n_samples=n_samples, linearized=linearized)
             else:

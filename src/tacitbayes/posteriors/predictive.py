@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
-from tacitbayes.batches import FIT_BATCH_SIZE, Inputs, as_loader, iter_batches, move_inputs
-from tacitbayes.distributed import all_reduce_, shard
+from tacitbayes.batches import Inputs, data_pass, move_inputs
+from tacitbayes.distributed import all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, unflatten
 
@@ -116,8 +116,8 @@ def validation_nll(
     fmodel = FunctionalModel(model, param_names)
     params = fmodel.params()
     first = next(iter(params.values()))
-    batches = shard(as_loader(loader, FIT_BATCH_SIZE, what="the validation loader"))
-    for x, y in iter_batches(batches, first.device, first.dtype):
+    batches = data_pass(loader, what="the validation loader")
+    for x, y in batches.batches(first.device, first.dtype):
         with torch.no_grad():
             shifted = sample_logits(
                 model, x, deltas, linearized=True, param_names=param_names, chunk_size=chunk_size

@@ -30,22 +30,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.batches import (
-    FIT_BATCH_SIZE,
-    Batch,
-    Inputs,
-    as_loader,
-    cat_inputs,
-    n_examples,
-    read_batch,
-    slice_inputs,
-)
+from tacitbayes.batches import DataPass, Inputs, n_examples, slice_inputs
 from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import (
@@ -99,33 +90,6 @@ LIKELIHOODS = {
 }
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for the solver's kernel matrices
 NOT_FITTED = "call fit(train_loader) (or load_state_dict with samples) before using the posterior"
-
-
-class _Pairs:
-    """A re-iterable view of a loader as (inputs, target) batches, re-batched to ``size`` if given."""
-
-    def __init__(self, loader: Iterable[Any], size: int | None = None) -> None:
-        self.loader, self.size = as_loader(loader, FIT_BATCH_SIZE, what="the loader"), size
-
-    def __iter__(self) -> Iterator[Batch]:
-        pairs = (read_batch(batch) for batch in self.loader)
-        if self.size is None:
-            yield from pairs
-            return
-        xs: list[Inputs] = []
-        ys: list[Tensor] = []
-        held = 0
-        for x, y in pairs:
-            xs.append(x)
-            ys.append(y)
-            held += len(y)
-            while held >= self.size:
-                x_all, y_all = cat_inputs(xs), torch.cat(ys)
-                yield Batch(slice_inputs(x_all, 0, self.size), y_all[: self.size])
-                xs, ys = [slice_inputs(x_all, self.size, len(y_all))], [y_all[self.size :]]
-                held -= self.size
-        if held:
-            yield Batch(cat_inputs(xs), torch.cat(ys))
 
 
 class ProjectedPosterior:
@@ -245,7 +209,7 @@ class ProjectedPosterior:
         start = time.perf_counter()
         if self.solver == "alternating" and is_distributed():
             raise InputError("solver='alternating' does not run under torch.distributed yet")
-        self._jac = self._jacobian(_Pairs(train_loader))
+        self._jac = self._jacobian(DataPass(train_loader, what="train_loader"))
         self._theta = self._jac.params_flat()
         rows = self._jac.shape[0]
         self.solver_used = self._choose_solver(rows)
@@ -269,7 +233,8 @@ class ProjectedPosterior:
             self._preconditioner = cholesky_preconditioner(self._jac, self.memory_budget)
         if self.solver_used == "alternating":
             self._small_jac = self._jacobian(
-                _Pairs(train_loader, self.projection_batch_size), cache=True
+                DataPass(train_loader, batch_size=self.projection_batch_size, what="train_loader"),
+                cache=True,
             )
             self._inverses = batch_inverses(self._small_jac, self.cutoff)
         self._eps = torch.empty(self.n_params, 0, dtype=self._theta.dtype)
@@ -526,7 +491,7 @@ class ProjectedPosterior:
         nll = validation_nll(
             self.model,
             self.projected_noise(n_samples).T,
-            _Pairs(val_loader),
+            DataPass(val_loader, what="val_loader"),
             grid,
             param_names=self.param_names,
             chunk_size=self.chunk_size or 8,
@@ -549,7 +514,7 @@ class ProjectedPosterior:
     # ------------------------------------------------------------------ diagnostics and state
     def null_space_residual(self, loader: Iterable[Any] | None = None, n_samples: int = 8) -> float:
         """max over samples of ‖J𝒫ε‖/‖Jε‖ on ``loader`` (default: the fitted training data)."""
-        jac = self._fitted() if loader is None else self._jacobian(_Pairs(loader))
+        jac = self._fitted() if loader is None else self._jacobian(DataPass(loader))
         projected = self.projected_noise(n_samples)
         return float(null_space_residual(jac, self._eps[:, :n_samples], projected).max())
 
