@@ -13,10 +13,19 @@ Conventions used everywhere in tacitbayes:
 * Calls are evaluated in **eval mode** (dropout off, BatchNorm on running statistics).
   The train/eval flags of the module and its submodules are switched only for the
   duration of a call and restored exactly afterwards; nothing is mutated persistently.
+* Calls run under :func:`exact_kernels`: torch's fused attention kernels (the
+  ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast path, the fused SDPA
+  kernels) have no forward-mode derivative and some no vmap rule, so the user's forward
+  runs on the composite kernels instead: the same function, every derivative defined.
+* Per-example transforms ``vmap`` over examples first; a model whose forward cannot be
+  vmapped (data-dependent control flow, ``.item()``: Hugging Face mask code) is detected by
+  :func:`is_vmap_trace_error` and its callers loop over examples instead (exact, slower),
+  saying so once per model class (:func:`warn_per_example_loop`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tacitbayes.batches import (
     Inputs,
@@ -38,15 +48,18 @@ from tacitbayes.errors import InputError
 __all__ = [
     "FunctionalModel",
     "eval_mode",
+    "exact_kernels",
     "find_last_layer",
     "flatten",
     "functionalize",
+    "is_vmap_trace_error",
     "last_layer_names",
     "layer_names",
     "model_params",
     "n_params",
     "resolve_param_names",
     "unflatten",
+    "warn_per_example_loop",
 ]
 
 
@@ -61,6 +74,51 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def exact_kernels() -> Iterator[None]:
+    """Run attention on kernels with every derivative: MHA fast path off, SDPA on its math backend.
+
+    Both are the same function as the fused kernels they replace (softmax(QKᵀ/√d + M) V),
+    evaluated by composite operations that forward-mode AD and vmap can differentiate.
+    The MHA flag is restored on exit; the SDPA backend choice is scoped by torch itself.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+_VMAP_TRACE_MARKS = ("data-dependent", ".item()")
+_LOOP_WARNED: set[str] = set()  # model classes already warned about by warn_per_example_loop
+
+
+def is_vmap_trace_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is functorch refusing to vmap a forward (``.item()``, data-dependent control flow)."""
+    if not isinstance(exc, RuntimeError):
+        return False
+    message = str(exc)
+    return "vmap" in message and any(mark in message for mark in _VMAP_TRACE_MARKS)
+
+
+def warn_per_example_loop(model: nn.Module, what: str) -> None:
+    """A RuntimeWarning, once per model class, that ``what`` loops over examples instead of vmap."""
+    kind = type(model)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if name in _LOOP_WARNED:
+        return
+    _LOOP_WARNED.add(name)
+    warnings.warn(
+        f"torch.func.vmap cannot trace the forward pass of {kind.__name__} (data-dependent "
+        f"control flow or .item()); {what} are computed one example at a time instead "
+        "(exact, slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _as_name_list(names: str | Sequence[str], what: str) -> list[str]:
@@ -218,7 +276,7 @@ def find_last_layer(module: nn.Module, example_inputs: Inputs) -> str:
     x = slice_inputs(x, 0, min(2, n_examples(x)))
     handles = [owners[n].register_forward_hook(hook(n)) for n in pure]
     try:
-        with torch.enable_grad(), eval_mode(module):
+        with torch.enable_grad(), eval_mode(module), exact_kernels():
             if isinstance(x, Tensor):
                 out = functional_call(module, leaves, (x,))
             else:
@@ -343,7 +401,7 @@ class FunctionalModel:
         first = next(iter(params.values()))
         x = move_inputs(x, first.device, first.dtype)
         dicts = (dict(params), fixed, buffers)
-        with eval_mode(self.module), model_input_errors(x):
+        with eval_mode(self.module), exact_kernels(), model_input_errors(x):
             if isinstance(x, Tensor):
                 return model_output(functional_call(self.module, dicts, (x,)))
             return model_output(functional_call(self.module, dicts, (), dict(x)))

@@ -421,10 +421,25 @@ def test_unsupported_structures() -> None:
 
     attn = Attn().double()
     tdata = (torch.randn(2, 3, 4, dtype=DT), torch.randint(0, 4, (2,)))
+    K = KFAC(attn, "cross_entropy", tdata)  # MHA's projections: exact diagonal blocks
+    assert K.layers == [] and K.blocks == ["mha", "mha.out_proj"]
+    exact = GGN(attn, "cross_entropy", tdata).to_dense()
+    torch.testing.assert_close(K.to_dense(), torch.diag(exact.diagonal()))
+
+    class Direct(nn.Module):  # reads a Linear's weight as a tensor: the hook never fires
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, t: Tensor) -> Tensor:
+            return F.linear(t, self.lin.weight, self.lin.bias)
+
+    direct = Direct().double()
+    ddata = (torch.randn(2, 4, dtype=DT), torch.randint(0, 4, (2,)))
     with pytest.raises(InputError, match="not called as modules"):
-        KFAC(attn, "cross_entropy", tdata)
+        KFAC(direct, "cross_entropy", ddata)
     with pytest.raises(InputError, match="not called as modules"):
-        KFAC(attn, "cross_entropy", tdata, param_names=layer_names(attn, "mha.out_proj"))
+        KFAC(direct, "cross_entropy", ddata, param_names=layer_names(direct, "lin"))
 
 
 def test_from_factors_reproduces_the_fitted_operator() -> None:

@@ -26,13 +26,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp, vmap
 
-from tacitbayes.batches import Inputs, check_loader, iter_batches, map_inputs, slice_inputs
+from tacitbayes.batches import Inputs, data_pass, map_inputs, slice_inputs
 from tacitbayes.budget import check_count, items_per_chunk
 from tacitbayes.curvature.layers import FactoredLayer, LayerSignals, backprop_batch, split_layers
 from tacitbayes.curvature.losses import Loss, get_loss
-from tacitbayes.distributed import all_reduce_, is_distributed, rank, shard
+from tacitbayes.distributed import all_reduce_, is_distributed, rank
 from tacitbayes.errors import InputError
-from tacitbayes.functional import FunctionalModel
+from tacitbayes.functional import FunctionalModel, is_vmap_trace_error, warn_per_example_loop
 
 __all__ = [
     "GGNPass",
@@ -86,7 +86,9 @@ def per_example_columns(
     """Blocks of J_nᵀ s_nc for the parameters ``names``: (examples, C, P_names), bounded in size.
 
     ``s`` holds the factor columns (N, O, C) at the current parameters; each block covers
-    as many examples as keep 2·chunk·C·P numbers under ``max_bytes`` (at least one).
+    as many examples as keep 2·chunk·C·P numbers under ``max_bytes`` (at least one). The
+    examples of a block are vmapped; a forward that vmap cannot trace (data-dependent
+    control flow, ``.item()``) is run one example at a time instead (same columns).
     """
     fmodel = FunctionalModel(model, names)
     params = fmodel.params()
@@ -94,14 +96,44 @@ def per_example_columns(
 
     def one(xn: Inputs, sn: Tensor) -> Tensor:
         x1 = map_inputs(lambda t: t.unsqueeze(0), xn)
-        _, vjp_fn = vjp(lambda p: fmodel(p, x1), params)
-        cols = vmap(vjp_fn, in_dims=-1)(sn.unsqueeze(0))[0]
-        return torch.cat([c.reshape(c.shape[0], -1) for c in cols.values()], 1)
+        return _example_columns(fmodel, params, x1, sn)
 
     n = s.shape[0]
     chunk = items_per_chunk(2 * s.shape[-1] * n_p * s.element_size(), n, max_bytes)
+    vmapped = True
     for start in range(0, n, chunk):
-        yield vmap(one)(slice_inputs(x, start, start + chunk), s[start : start + chunk])
+        xs, ss = slice_inputs(x, start, start + chunk), s[start : start + chunk]
+        block = None
+        if vmapped:
+            try:
+                block = vmap(one)(xs, ss)
+            except RuntimeError as exc:
+                if not is_vmap_trace_error(exc):
+                    raise
+                warn_per_example_loop(model, "per-example GGN columns")
+                vmapped = False
+        if block is None:
+            block = _looped_columns(fmodel, params, xs, ss)
+        yield block
+
+
+def _example_columns(
+    fmodel: FunctionalModel, params: dict[str, Tensor], x1: Inputs, sn: Tensor
+) -> Tensor:
+    """J_nᵀ s_nc for the C columns of sn (O, C) of one example x1 (batch of 1): (C, P_names)."""
+    _, vjp_fn = vjp(lambda p: fmodel(p, x1), params)
+    cols = vmap(vjp_fn, in_dims=-1)(sn.unsqueeze(0))[0]
+    return torch.cat([c.reshape(c.shape[0], -1) for c in cols.values()], 1)
+
+
+def _looped_columns(
+    fmodel: FunctionalModel, params: dict[str, Tensor], x: Inputs, s: Tensor
+) -> Tensor:
+    """J_nᵀ s_nc by one forward and VJP per example n, no vmap over examples: (N, C, P_names)."""
+    blocks = [
+        _example_columns(fmodel, params, slice_inputs(x, i, i + 1), s[i]) for i in range(len(s))
+    ]
+    return torch.stack(blocks)
 
 
 def reduce_pass(
@@ -153,7 +185,7 @@ def diagonal_ggn_pass(
     rest_index = _flat_index(names, rest, live)
     count, n_out, loss_sum = 0, 0, 0.0
     gen = torch.Generator(device=first.device).manual_seed(seed + rank())  # independent ranks
-    for x, y in iter_batches(shard(check_loader(data)), first.device, first.dtype):
+    for x, y in data_pass(data).batches(first.device, first.dtype):
         size = len(y) if chunk_size is None else chunk_size
         for start in range(0, len(y), size):
             piece = slice_inputs(x, start, start + size)
@@ -197,7 +229,7 @@ def dense_ggn_pass(
     n_p = sum(t.numel() for t in params.values())
     total = torch.zeros(n_p, n_p, dtype=first.dtype, device=first.device)
     count, n_out, loss_sum = 0, 0, 0.0
-    for x, y in iter_batches(shard(check_loader(data)), first.device, first.dtype):
+    for x, y in data_pass(data).batches(first.device, first.dtype):
         with torch.no_grad():
             f = fmodel(params, x)
         if f.ndim != 2:

@@ -23,7 +23,7 @@ from tacitbayes.batches import Inputs, n_examples
 from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.losses import Loss
 from tacitbayes.errors import InputError
-from tacitbayes.functional import FunctionalModel
+from tacitbayes.functional import FunctionalModel, exact_kernels
 
 __all__ = [
     "FactoredLayer",
@@ -108,11 +108,27 @@ def _label(name: str, module: nn.Module) -> str:
     return f"{name!r} ({kind})" if name else f"the root module ({kind})"
 
 
+def _attention_submodules(model: nn.Module) -> set[int]:
+    """ids of the submodules of every nn.MultiheadAttention (its out_proj Linear is never called)."""
+    return {
+        id(sub)
+        for mod in model.modules()
+        if isinstance(mod, nn.MultiheadAttention)
+        for sub in mod.modules()
+        if sub is not mod
+    }
+
+
 def split_layers(
     model: nn.Module, selected: tuple[str, ...]
 ) -> tuple[list[FactoredLayer], list[str]]:
     """Linear/Conv2d (groups=1) layers owning selected parameters in the W̃ = [W, b] layout, and
-    the names of the selected parameters owned by any other module (norms, embeddings, ...)."""
+    the names of the selected parameters owned by any other module (norms, embeddings, ...).
+
+    nn.MultiheadAttention reads its projections as tensors (``F.multi_head_attention_forward``
+    takes ``in_proj_weight`` and ``out_proj.weight``; ``out_proj`` is never called as a module),
+    so all its parameters, ``out_proj``'s included, are "other": exact diagonal blocks.
+    """
     live = dict(model.named_parameters())
     offset, start = {}, 0
     for n in selected:
@@ -134,10 +150,12 @@ def split_layers(
     shared = {n: m for n, m in owners.items() if len(m) > 1}
     if shared:
         raise InputError(f"KFAC cannot handle parameters shared between modules: {shared}")
+    inside = _attention_submodules(model)
     supported = [
         (m, mod, own)
         for m, mod, own in found
-        if isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1)
+        if id(mod) not in inside
+        and (isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1))
     ]
     kept = {id(mod) for _, mod, _ in supported}
     rest = [n for _, mod, own in found if id(mod) not in kept for n in own.values()]
@@ -189,7 +207,8 @@ def find_layers(model: nn.Module, selected: tuple[str, ...]) -> list[FactoredLay
             owners.setdefault(owner_of(n), []).append(n)
         bad = [f"{_label(m, mods[m])} has parameters {names}" for m, names in owners.items()]
         raise InputError(
-            "KFAC factors nn.Linear and nn.Conv2d (groups=1) only; "
+            "KFAC factors nn.Linear and nn.Conv2d (groups=1) called as modules only "
+            "(not the projections of nn.MultiheadAttention); "
             + "; ".join(bad[:3])
             + (f"; and {len(bad) - 3} more such module(s)" if len(bad) > 3 else "")
             + " — pass param_names to restrict it to those layers "
@@ -254,7 +273,7 @@ def backprop_batch(
 
     handles = [la.module.register_forward_hook(make_hook(la)) for la in layers]
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_kernels():  # the hooks see the composite kernels
             f = fmodel(fmodel.params(), x)
     finally:
         for h in handles:

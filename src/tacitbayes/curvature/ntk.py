@@ -28,7 +28,13 @@ from torch.func import functional_call, jacrev, vmap
 from tacitbayes.batches import Inputs, call_model, map_inputs, move_inputs, n_examples
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.errors import InputError
-from tacitbayes.functional import eval_mode, resolve_param_names
+from tacitbayes.functional import (
+    eval_mode,
+    exact_kernels,
+    is_vmap_trace_error,
+    resolve_param_names,
+    warn_per_example_loop,
+)
 
 __all__ = [
     "KernelFactors",
@@ -171,7 +177,12 @@ def kernel_factors(
     handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
     loss_fn = get_loss(loss)
     try:
-        with eval_mode(model), _requires_grad([live[n] for n in names]), torch.enable_grad():
+        with (
+            eval_mode(model),
+            exact_kernels(),
+            _requires_grad([live[n] for n in names]),
+            torch.enable_grad(),
+        ):
             out = call_model(model, x)
             if out.ndim != 2:
                 raise InputError(f"the model must map a batch to (N, O) outputs, got {out.shape}")
@@ -241,7 +252,11 @@ def kernel_factors(
 def _explicit_rows(
     model: nn.Module, x: Inputs, y: Tensor | None, names: list[str], outputs: str, loss: str
 ) -> Tensor:
-    """Per-example Jacobian columns for ``names``, by vmapped reverse mode: (N, O, P_names)."""
+    """Per-example Jacobian columns ∂f(x_n)/∂θ_names (or ∂(r_nᵀf_n)/∂θ_names): (N, O, P_names).
+
+    Reverse mode vmapped over examples; a forward that vmap cannot trace (data-dependent
+    control flow, ``.item()``) gets one reverse-mode Jacobian per example instead.
+    """
     live = dict(model.named_parameters())
     params = {n: live[n].detach() for n in names}
     loss_fn = get_loss(loss)
@@ -253,17 +268,30 @@ def _explicit_rows(
             return (out[0] * rn).sum().reshape(1)
         return out[0]
 
-    with eval_mode(model):
+    n = n_examples(x)
+    with eval_mode(model), exact_kernels():
+        r = None
         if outputs == "loss":
             with torch.no_grad():
                 out = call_model(model, x)
             target = loss_fn.prepare_target(y.to(out.device), len(out), out.shape[1], out.dtype)
             r = loss_fn.output_gradient(out, target)
-            jac = vmap(jacrev(one), in_dims=(None, 0, 0))(params, x, r)
-        else:
-            jac = vmap(jacrev(lambda p, xn: one(p, xn, None)), in_dims=(None, 0))(params, x)
-    n = n_examples(x)
+        try:
+            jac = vmap(jacrev(one), in_dims=(None, 0, None if r is None else 0))(params, x, r)
+        except RuntimeError as exc:
+            if not is_vmap_trace_error(exc):
+                raise
+            warn_per_example_loop(model, "per-example Jacobian rows")
+            rows = [
+                jacrev(one)(params, _example(x, i), None if r is None else r[i]) for i in range(n)
+            ]
+            jac = {k: torch.stack([row[k] for row in rows]) for k in names}
     return torch.cat([jac[k].reshape(n, jac[k].shape[1], -1) for k in names], -1)
+
+
+def _example(x: Inputs, i: int) -> Inputs:
+    """Example i of a batch, without its batch dimension."""
+    return map_inputs(lambda t: t[i], x)
 
 
 def ntk_cross_block(

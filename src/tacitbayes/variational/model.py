@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from tacitbayes.batches import Inputs, call_model, move_inputs, n_examples
 from tacitbayes.errors import InputError
-from tacitbayes.functional import FunctionalModel, eval_mode
+from tacitbayes.functional import FunctionalModel, eval_mode, exact_kernels
 from tacitbayes.likelihoods import LOSSES, check_likelihood, mc_predictive, mean_loss
 from tacitbayes.variational import parametrization as P
 
@@ -263,7 +263,8 @@ class VariationalModel(nn.Module):
         if self.training:  # the module's own buffers: BatchNorm running stats updated in place
             first = next(iter(params.values()))
             x = move_inputs(x, first.device, first.dtype)
-            return call_model(lambda *a, **k: functional_call(self.model, params, a, k), x)
+            with exact_kernels():
+                return call_model(lambda *a, **k: functional_call(self.model, params, a, k), x)
         return self.fmodel(params, x)
 
     def expected_loss(
