@@ -123,7 +123,8 @@ def test_projected_warns_when_the_network_interpolates() -> None:
 
 def test_projected_validation_tuning_for_regression_uses_gaussian_nll() -> None:
     X, y = _linear_data(n=40, d=5)
-    model = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    # P = 113 > N = 40: a null space to sample (with P < N·O, J has full column rank and 𝒫 = 0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1)).double()
     post = ProjectedPosterior(model, "regression", sigma_noise=0.3, tol=1e-10).fit([(X, y)])
     grid = [0.1, 1.0, 10.0]
     chosen = post.optimize_prior_precision("validation", [(X, y)], grid=grid, n_samples=8)

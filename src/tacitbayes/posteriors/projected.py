@@ -39,56 +39,40 @@ from torch import Tensor, nn
 from tacitbayes.batches import DataPass, Inputs, n_examples, slice_inputs
 from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
-from tacitbayes.curvature.ntk import (
-    KernelFactors,
-    kernel_factors,
-    ntk_blocks,
-    ntk_cross,
-    ntk_gram,
-)
+from tacitbayes.curvature.ntk import kernel_factors, ntk_blocks, ntk_cross
 from tacitbayes.distributed import is_distributed
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel
-from tacitbayes.posteriors.kernel_cholesky import (
-    CholeskyPreconditioner,
-    cholesky_preconditioner,
-    float32_gram_bytes,
-)
-from tacitbayes.posteriors.kernel_projection import (
-    GramSolver,
-    NystromPreconditioner,
-    factor_bytes_per_example,
-    gram_projection,
-    jacobian_factors,
-    nystrom_preconditioner,
-    nystrom_projection,
-)
 from tacitbayes.posteriors.laplace_api import check_prediction, closed_form_output
-from tacitbayes.posteriors.null_space import (
-    BatchInverse,
-    ProjectionInfo,
-    alternating_projection,
-    batch_inverses,
-    krylov_projection,
-    null_space_residual,
-)
+from tacitbayes.posteriors.null_space import ProjectionInfo, null_space_residual
 from tacitbayes.posteriors.predictive import (
     average_probabilities,
     bernoulli_probabilities,
     sample_logits,
     validation_nll,
 )
+from tacitbayes.posteriors.solvers import (
+    DEFAULT_MEMORY_BUDGET,
+    NullSpaceSolver,
+    SolverSettings,
+    auto_chain,
+    build_solver,
+)
+from tacitbayes.posteriors.solvers import (
+    SOLVERS as SOLVER_CLASSES,
+)
+from tacitbayes.posteriors.solvers.gram import GramProjection
+from tacitbayes.posteriors.solvers.parameter import ParameterProjection
 from tacitbayes.search import check_grid_edge
 
 __all__ = ["ProjectedPosterior"]
 
-SOLVERS = ("auto", "gram", "gram_float32", "nystrom", "krylov", "alternating")
+SOLVERS = ("auto", *SOLVER_CLASSES)
 LIKELIHOODS = {
     "classification": "cross_entropy",
     "binary": "binary_cross_entropy",
     "regression": "mse",
 }
-DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for the solver's kernel matrices
 NOT_FITTED = "call fit(train_loader) (or load_state_dict with samples) before using the posterior"
 
 
@@ -159,11 +143,8 @@ class ProjectedPosterior:
         self.estimate_sigma = likelihood == "regression" and sigma_noise is None
         self.solver_used: str | None = None
         self._jac: DataJacobian | None = None
-        self._small_jac: DataJacobian | None = None
-        self._inverses: list[BatchInverse] | None = None
-        self._gram: GramSolver | None = None
-        self._factors: list[KernelFactors] | None = None
-        self._preconditioner: NystromPreconditioner | CholeskyPreconditioner | None = None
+        self._solver: NullSpaceSolver | None = None
+        self._chain: list[str] = []
         self._theta: Tensor | None = None
         self._eps = torch.empty(0)
         self._projected = torch.empty(0)
@@ -189,54 +170,36 @@ class ProjectedPosterior:
             cache=cache,
         )
 
-    def _choose_solver(self, rows: int) -> str:
-        if self.solver != "auto":
-            return self.solver
-        if self._gram_bytes(rows) <= self.memory_budget:
-            return "gram"
-        jac = self._fitted()
-        if not jac.distributed and float32_gram_bytes(jac) <= self.memory_budget:
-            return "gram_float32"
-        return "nystrom"
+    def _settings(self) -> SolverSettings:
+        return SolverSettings(
+            tol=self.tol,
+            max_iters=self.max_iters,
+            n_sweeps=self.n_sweeps,
+            projection_batch_size=self.projection_batch_size,
+            nystrom_rank=self.nystrom_rank,
+            memory_budget=self.memory_budget,
+            cutoff=self.cutoff,
+            seed=self.seed,
+            progress=self.progress,
+        )
 
     def fit(self, train_loader: Iterable[Any]) -> ProjectedPosterior:
         """Take the training data that defines null(J) (every batch of the loader, streamed).
 
-        ``gram`` builds and factorises K = J Jᵀ; ``nystrom`` builds its preconditioner;
-        ``alternating`` eigendecomposes every J_b J_bᵀ. The projection itself runs at the
-        first use of the samples.
+        The solver (:mod:`tacitbayes.posteriors.solvers`) is fitted here: ``gram`` builds and
+        factorises K = J Jᵀ, ``parameter`` eigendecomposes JᵀJ, ``nystrom`` builds its
+        preconditioner, ``alternating`` eigendecomposes every J_b J_bᵀ. The projection itself
+        runs at the first use of the samples.
         """
         start = time.perf_counter()
         if self.solver == "alternating" and is_distributed():
             raise InputError("solver='alternating' does not run under torch.distributed yet")
         self._jac = self._jacobian(DataPass(train_loader, what="train_loader"))
         self._theta = self._jac.params_flat()
-        rows = self._jac.shape[0]
-        self.solver_used = self._choose_solver(rows)
-        self._gram = self._factors = self._preconditioner = None
-        self._small_jac = self._inverses = None
-        if self.solver_used == "gram":
-            self._factors = self._gram_factors(rows)
-            self._gram = GramSolver(ntk_gram(self._factors))
-        if self.solver_used == "nystrom":
-            # the kernel columns (rows × rank) and the landmarks' factors share the budget
-            landmarks = (self.memory_budget // 2) // factor_bytes_per_example(self._jac)
-            rank = min(
-                self.nystrom_rank,
-                self.memory_budget // (6 * 8 * rows),
-                landmarks * self._jac.n_outputs,
-            )
-            rank = max(1, rank)
-            gen = torch.Generator().manual_seed(self.seed)
-            self._preconditioner = nystrom_preconditioner(self._jac, rank, gen)
-        if self.solver_used == "gram_float32":
-            self._preconditioner = cholesky_preconditioner(self._jac, self.memory_budget)
-        if self.solver_used == "alternating":
-            self._small_jac = self._jacobian(
-                DataPass(train_loader, batch_size=self.projection_batch_size, what="train_loader"),
-                cache=True,
-            )
-            self._inverses = batch_inverses(self._small_jac, self.cutoff)
+        settings = self._settings()
+        self._chain = [self.solver] if self.solver != "auto" else auto_chain(self._jac, settings)
+        self._solver = build_solver(self._chain[0], self._jac, settings)
+        self.solver_used = self._solver.name
         self._eps = torch.empty(self.n_params, 0, dtype=self._theta.dtype)
         self._projected = torch.empty_like(self._eps)
         self.infos = []
@@ -244,23 +207,6 @@ class ProjectedPosterior:
             self.sigma_noise = None  # re-estimated for these data at first use
         self.setup_seconds = time.perf_counter() - start
         return self
-
-    def _gram_bytes(self, rows: int) -> int:
-        """Memory of the ``gram`` solver: K, its factor and every example's Jacobian factors."""
-        jac = self._fitted()
-        return 2 * 8 * rows * rows + factor_bytes_per_example(jac) * jac.n_data
-
-    def _gram_factors(self, rows: int) -> list[KernelFactors]:
-        """The Jacobian factors for the dense kernel (InputError if they, K and its factor
-        exceed the budget; ``auto`` chose ``gram`` only if they fit)."""
-        need = self._gram_bytes(rows)
-        if need <= self.memory_budget:
-            return jacobian_factors(self._fitted())
-        raise InputError(
-            f"solver='gram' needs {need / 2**30:.1f} GiB for the {rows}x{rows} kernel "
-            f"matrix, its factor and the Jacobian factors, over memory_budget "
-            f"({self.memory_budget / 2**30:.1f} GiB); use solver='nystrom'"
-        )
 
     @property
     def n_params(self) -> int:
@@ -280,29 +226,40 @@ class ProjectedPosterior:
         return self._jac
 
     def project(self, V: Tensor) -> tuple[Tensor, ProjectionInfo]:
-        """𝒫V for a block V of shape (P, k), with the configured solver."""
+        """𝒫V for a block V of shape (P, k), with the fitted solver.
+
+        With ``solver="auto"`` a solver that stops above ``tol`` hands over to the next one
+        of :func:`~tacitbayes.posteriors.solvers.auto_chain` (said once, with the figures);
+        the projection returned is the one with the smallest residual.
+        """
         jac = self._fitted()
         if V.ndim != 2 or V.shape[0] != jac.shape[1]:
             raise InputError(f"V must have shape ({jac.shape[1]}, k), got {tuple(V.shape)}")
-        if self.solver_used == "gram" and self._gram is not None:
-            return gram_projection(jac, V, self._gram, tol=self.tol)
-        if self.solver_used in ("nystrom", "gram_float32"):
-            return nystrom_projection(
-                jac,
-                V,
-                self._preconditioner,
-                tol=self.tol,
-                max_iters=self.max_iters,
-                progress=self.progress,
-                solver=self.solver_used,
+        if self._solver is None:
+            raise NotFittedError(NOT_FITTED)
+        projected, info = self._solver.project(V)
+        while info.max_residual > self.tol and self._solver.name in self._chain[:-1]:
+            following = self._chain[self._chain.index(self._solver.name) + 1]
+            warnings.warn(
+                f"the null-space solver {self._solver.name!r} stopped at residual "
+                f"{info.max_residual:.2e} > tol {self.tol:g}; solver='auto' continues with "
+                f"{following!r}",
+                RuntimeWarning,
+                stacklevel=2,
             )
-        if self.solver_used == "alternating":
-            if self._small_jac is None or self._inverses is None:
-                raise NotFittedError(NOT_FITTED)
-            return alternating_projection(
-                self._small_jac, V, self._inverses, self.n_sweeps, tol=self.tol, check_every=10
-            )
-        return krylov_projection(jac, V, tol=self.tol, max_iters=self.max_iters)
+            self._solver = build_solver(following, jac, self._settings())
+            self.solver_used = self._solver.name
+            projected, info = self._solver.project(V)
+        return projected, info
+
+    def _fix_hint(self) -> str:
+        """The option that moves a residual above ``tol`` below it, for the solver in use."""
+        name = self.solver_used
+        if name in ("nystrom", "gram_float32", "krylov"):
+            return f"raise max_iters (now {self.max_iters}) or nystrom_rank"
+        if name == "alternating":
+            return f"raise n_sweeps (now {self.n_sweeps}) or use solver='auto'"
+        return "use solver='nystrom' with a larger max_iters, or a larger tol"
 
     def projected_noise(self, n_samples: int) -> Tensor:
         """The first ``n_samples`` projected standard normals 𝒫ε_s, shape (P, n_samples)."""
@@ -316,14 +273,17 @@ class ProjectedPosterior:
             gen = torch.Generator().manual_seed(self.seed * 7919 + have)
             eps = torch.randn(jac.shape[1], n_samples - have, generator=gen, dtype=jac.dtype)
             eps = eps.to(jac.device)
+            solver = self.solver_used
             projected, info = self.project(eps)
+            if self.solver_used != solver and have:  # auto moved on: earlier samples too
+                self._projected = self._solver.project(self._eps)[0]
             info.setup_seconds = self.setup_seconds if not self.infos else 0.0
             self.infos.append(info)
             if info.max_residual > self.tol:
                 warnings.warn(
                     f"the null-space projection stopped at residual {info.max_residual:.2e} "
                     f"> tol {self.tol:g} ({info.solver}, {info.iterations} iterations): the "
-                    "samples move the training predictions; raise max_iters",
+                    f"samples move the training predictions; {self._fix_hint()}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -399,30 +359,51 @@ class ProjectedPosterior:
         return sigma
 
     def linearized_covariance(self, x: Inputs, max_bytes: int | None = None) -> Tensor:
-        """Sample-free Cov[J(x)δ] = α⁻¹(K** − K*X K⁺ K_X*) per input: (N, O, O). Needs ``gram``.
+        """Sample-free Cov[J(x)δ] = α⁻¹ J(x) 𝒫 J(x)ᵀ per input: (N, O, O). Needs ``gram`` or ``parameter``.
 
-        Only the per-input blocks K**_n = J_n J_nᵀ are formed; the inputs go in chunks whose
-        test factors, cross kernel (rows × chunk·O) and its solve fit ``max_bytes``
-        (default: the working budget of :mod:`tacitbayes.budget`).
+        ``gram``: α⁻¹(K** − K*X K⁺ K_X*), only the per-input blocks K**_n = J_n J_nᵀ formed, the
+        inputs in chunks whose test factors, cross kernel (rows × chunk·O) and its solve fit
+        ``max_bytes`` (default: the working budget of :mod:`tacitbayes.budget`).
+        ``parameter``: α⁻¹(K** − (J_n U_r)(J_n U_r)ᵀ) with U_r the basis of row(J).
         """
-        if self._gram is None or self._factors is None:
-            raise InputError(
-                "the sample-free covariance needs the dense kernel (solver='gram'); "
-                "use link_approx='mc' or sample_outputs(x).var(0) for the Monte Carlo estimate"
-            )
         jac = self._fitted()
         names = list(jac.params)
         n = n_examples(x)
+        if isinstance(self._solver, ParameterProjection):
+            blocks = []
+            basis = self._solver.basis.to(jac.dtype)
+            one = kernel_factors(
+                self.model, slice_inputs(x, 0, 1), outputs="logits", param_names=names
+            )
+            chunk = items_per_chunk(one.nbytes() + 8 * basis.shape[1] * one.n_outputs, n, max_bytes)
+            for start in range(0, n, chunk):
+                part = slice_inputs(x, start, min(n, start + chunk))
+                test = kernel_factors(self.model, part, outputs="logits", param_names=names)
+                with torch.no_grad():
+                    f0 = FunctionalModel(self.model, names)(jac.params, part)
+                    rows = (
+                        sample_logits(self.model, part, basis.T, linearized=True, param_names=names)
+                        - f0
+                    )
+                rows = rows.to(torch.float64)  # (r, m, O)
+                blocks.append(ntk_blocks(test) - torch.einsum("rmi,rmj->mij", rows, rows))
+            return torch.cat(blocks) / self.prior_precision
+        if not isinstance(self._solver, GramProjection):
+            raise InputError(
+                "the sample-free covariance needs solver='gram' or 'parameter'; "
+                "use link_approx='mc' or sample_outputs(x).var(0) for the Monte Carlo estimate"
+            )
+        kernel, factors = self._solver.kernel, self._solver.factors
         one = kernel_factors(self.model, slice_inputs(x, 0, 1), outputs="logits", param_names=names)
-        per_input = one.nbytes() + 6 * 8 * self._gram.rows * one.n_outputs
+        per_input = one.nbytes() + 6 * 8 * kernel.rows * one.n_outputs
         chunk = items_per_chunk(per_input, n, max_bytes)
         blocks = []
         for start in range(0, n, chunk):
             part = slice_inputs(x, start, min(n, start + chunk))
             test = kernel_factors(self.model, part, outputs="logits", param_names=names)
             m, o = test.n, test.n_outputs
-            cross = ntk_cross(self._factors, [test])  # (rows, m·O)
-            solved = self._gram.solve(cross, max_steps=2)
+            cross = ntk_cross(factors, [test])  # (rows, m·O)
+            solved = kernel.solve(cross, max_steps=2)
             explained = torch.einsum("rni,rnj->nij", cross.view(-1, m, o), solved.view(-1, m, o))
             blocks.append(ntk_blocks(test) - explained)
         return torch.cat(blocks) / self.prior_precision
