@@ -146,7 +146,7 @@ def test_projected_validation_grid_edges(monkeypatch: pytest.MonkeyPatch) -> Non
     assert alpha == 50.0 and post.tuning["at_edge"] is False and post.tuning["nll"][1] == 0
     with quiet():
         post.optimize_prior_precision("evidence")
-    assert post.tuning == {"method": "evidence"}  # closed form, no search
+    assert post.tuning == {"method": "marglik"}  # closed form, no search
 
 
 # ---- temperature scaling -------------------------------------------------------------------

@@ -31,10 +31,13 @@ from torch import Tensor
 
 from tacitbayes.curvature.losses import check_class_targets
 from tacitbayes.errors import InputError
-from tacitbayes.posteriors.predictive import average_probabilities, bernoulli_probabilities
 
 __all__ = [
     "LIKELIHOODS",
+    "average_probabilities",
+    "bernoulli_probabilities",
+    "likelihood_loss",
+    "sample_predictive",
     "LOSSES",
     "TRAIN_LOSSES",
     "check_likelihood",
@@ -59,6 +62,36 @@ def check_likelihood(likelihood: str) -> str:
     if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
         raise InputError(f"unknown likelihood {likelihood!r}; available: {', '.join(LIKELIHOODS)}")
     return likelihood
+
+
+def average_probabilities(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Monte-Carlo predictive (1/S) Σ_s softmax(f_s / T); logits of shape (S, N, C)."""
+    return torch.softmax(logits / temperature, dim=-1).mean(0)
+
+
+def bernoulli_probabilities(logits: Tensor) -> Tensor:
+    """Monte-Carlo predictive of a one-logit classifier: [1 − p̄, p̄], p̄ = (1/S) Σ_s σ(f_s); (N, 2)."""
+    if logits.shape[-1] != 1:
+        raise InputError(f"a binary classifier has one output (logit), got {logits.shape[-1]}")
+    p = torch.sigmoid(logits).mean(0)
+    return torch.cat([1 - p, p], dim=-1)
+
+
+def likelihood_loss(likelihood: str) -> str:
+    """The curvature loss of a likelihood (``classification`` → ``cross_entropy``, ...), checked."""
+    return LIKELIHOODS[check_likelihood(likelihood)]
+
+
+def sample_predictive(
+    likelihood: str, outputs: Tensor, noise_variance: float = 0.0
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The predictive of sampled outputs (S, N, O): class probabilities, or (mean, var + σ²)."""
+    likelihood = check_likelihood(likelihood)
+    if likelihood == "classification":
+        return average_probabilities(outputs)
+    if likelihood == "binary":
+        return bernoulli_probabilities(outputs)
+    return outputs.mean(0), outputs.var(0, unbiased=False) + noise_variance
 
 
 def _one_logit(output: Tensor, what: str) -> Tensor:

@@ -38,6 +38,9 @@ from tacitbayes.batches import DataPass, Inputs, n_examples, peek_batch
 from tacitbayes.distributed import all_gather_cat, is_distributed, presharded
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel, flatten, last_layer_names, layer_names
+from tacitbayes.likelihoods import LIKELIHOODS as TABLE
+from tacitbayes.likelihoods import average_probabilities, bernoulli_probabilities
+from tacitbayes.posteriors.contract import check_likelihood, likelihood_loss, tuning_method
 from tacitbayes.posteriors.glm import glm_predictive
 from tacitbayes.posteriors.glm_factored import factored_glm_predictive
 from tacitbayes.posteriors.laplace_api import (
@@ -50,18 +53,12 @@ from tacitbayes.posteriors.laplace_curvature import BACKENDS, module_groups
 from tacitbayes.posteriors.laplace_tuning import marglik_edge, tune_marglik, tune_validation
 from tacitbayes.posteriors.noise import maximum_likelihood_sigma, tune_marglik_noise
 from tacitbayes.posteriors.predictive import (
-    average_probabilities,
-    bernoulli_probabilities,
     sample_logits,
 )
 
 __all__ = ["LIKELIHOODS", "STRUCTURES", "Laplace"]
 
-LIKELIHOODS = {
-    "classification": "cross_entropy",
-    "binary": "binary_cross_entropy",
-    "regression": "mse",
-}
+LIKELIHOODS = TABLE  # the likelihoods and their losses (tacitbayes.likelihoods)
 STRUCTURES = ("diag", "kron", "last_layer")
 
 
@@ -138,10 +135,7 @@ class Laplace:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
-        if likelihood not in LIKELIHOODS:
-            raise InputError(
-                f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}"
-            )
+        check_likelihood(likelihood)
         # laplace-torch's keywords map to ``structure`` (see laplace_api); default "kron"
         structure = resolve_structure(structure, subset_of_weights, hessian_structure)
         if structure not in STRUCTURES:
@@ -152,7 +146,7 @@ class Laplace:
         self.estimate_sigma = likelihood == "regression" and sigma_noise is None
         sigma_noise = 1.0 if sigma_noise is None else _check_sigma(sigma_noise)
         self.model, self.likelihood, self.structure = model, likelihood, structure
-        self.loss = LIKELIHOODS[likelihood]
+        self.loss = likelihood_loss(likelihood)
         self.sigma_noise, self.seed = sigma_noise, int(seed)
         if last_layer_name is not None:
             if structure != "last_layer" or param_names is not None:
@@ -343,7 +337,7 @@ class Laplace:
         pred_type: str | None = None,
         link_approx: str | None = None,
     ) -> Tensor:
-        """Set δ by maximising the evidence ("marglik") or minimising validation NLL ("validation").
+        """Set δ by maximising the evidence ("marglik", alias "evidence") or minimising validation NLL ("validation").
 
         marglik, ``prior_structure="scalar"``: bounded 1-D search on log δ (the evidence is
         unimodal in log δ); ``"layerwise"``: then Adam on log δ_g (``n_steps``, ``lr``).
@@ -358,6 +352,7 @@ class Laplace:
         Returns the chosen δ.
         """
         self._require_fit()
+        method = tuning_method(method)
         linearized, link = validation_prediction(
             method, self.likelihood, pred_type, link_approx, linearized
         )

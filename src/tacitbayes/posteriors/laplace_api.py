@@ -146,7 +146,8 @@ def closed_form_output(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Regression: (μ, diag Σ_f + σ²); classification: probit or bridge probabilities of N(μ, Σ_f)."""
     if likelihood == "regression":
-        return mean, cov.diagonal(dim1=-2, dim2=-1) + noise_var
+        # a variance is never below σ²: roundoff can leave a null direction at −1e−18
+        return mean, cov.diagonal(dim1=-2, dim2=-1).clamp_min(0) + noise_var
     if link_approx == "probit":
         return probit(mean, cov)
     return laplace_bridge(mean, cov)

@@ -21,6 +21,7 @@ from tacitbayes.batches import Inputs, data_pass, move_inputs
 from tacitbayes.distributed import all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, unflatten
+from tacitbayes.likelihoods import average_probabilities, bernoulli_probabilities
 
 __all__ = [
     "average_probabilities",
@@ -63,19 +64,6 @@ def sample_logits(
                 shifted = {k: params[k] + d for k, d in unflatten(delta, params).items()}
                 outs.append(fmodel(shifted, x).unsqueeze(0))
     return torch.cat(outs)
-
-
-def average_probabilities(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Monte-Carlo predictive (1/S) Σ_s softmax(f_s / T); logits of shape (S, N, C)."""
-    return torch.softmax(logits / temperature, dim=-1).mean(0)
-
-
-def bernoulli_probabilities(logits: Tensor) -> Tensor:
-    """Monte-Carlo predictive of a one-logit classifier: [1 − p̄, p̄], p̄ = (1/S) Σ_s σ(f_s); (N, 2)."""
-    if logits.shape[-1] != 1:
-        raise InputError(f"a binary classifier has one output (logit), got {logits.shape[-1]}")
-    p = torch.sigmoid(logits).mean(0)
-    return torch.cat([1 - p, p], dim=-1)
 
 
 def _nll_sum(logits: Tensor, y: Tensor, likelihood: str, noise_variance: float) -> float:

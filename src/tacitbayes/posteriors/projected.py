@@ -43,11 +43,11 @@ from tacitbayes.curvature.ntk import kernel_factors, ntk_blocks, ntk_cross
 from tacitbayes.distributed import is_distributed
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel
+from tacitbayes.likelihoods import sample_predictive
+from tacitbayes.posteriors.contract import check_likelihood, likelihood_loss, tuning_method
 from tacitbayes.posteriors.laplace_api import check_prediction, closed_form_output
 from tacitbayes.posteriors.null_space import ProjectionInfo, null_space_residual
 from tacitbayes.posteriors.predictive import (
-    average_probabilities,
-    bernoulli_probabilities,
     sample_logits,
     validation_nll,
 )
@@ -68,11 +68,6 @@ from tacitbayes.search import check_grid_edge
 __all__ = ["ProjectedPosterior"]
 
 SOLVERS = ("auto", *SOLVER_CLASSES)
-LIKELIHOODS = {
-    "classification": "cross_entropy",
-    "binary": "binary_cross_entropy",
-    "regression": "mse",
-}
 NOT_FITTED = "call fit(train_loader) (or load_state_dict with samples) before using the posterior"
 
 
@@ -100,10 +95,7 @@ class ProjectedPosterior:
         progress: bool = False,
         sigma_noise: float | None = None,
     ) -> None:
-        if likelihood not in LIKELIHOODS:
-            raise InputError(
-                f"unknown likelihood {likelihood!r}; available: {', '.join(LIKELIHOODS)}"
-            )
+        check_likelihood(likelihood)
         if solver not in SOLVERS:
             raise InputError(f"unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
         for name, value in (
@@ -164,7 +156,7 @@ class ProjectedPosterior:
             self.model,
             data,
             outputs="loss" if self.loss_projected else "logits",
-            loss=LIKELIHOODS[self.likelihood],
+            loss=likelihood_loss(self.likelihood),
             param_names=self.param_names,
             chunk_size=self.chunk_size,
             cache=cache,
@@ -314,15 +306,20 @@ class ProjectedPosterior:
         )
 
     def predict(
-        self, x: Inputs, n_samples: int = 32, linearized: bool = True
+        self, x: Inputs, n_samples: int = 32, linearized: bool = True, exact: bool = True
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Classification: (1/S) Σ_s softmax(f_s(x)), shape (N, C). Regression: (mean, variance)."""
+        """Classification: (1/S) Σ_s softmax(f_s(x)), shape (N, C). Regression: (mean, variance).
+
+        Regression, linearized, with ``exact`` (default) and a solver that has the sample-free
+        covariance (``gram``, ``parameter``): the closed form (f(θ*, x), diag J 𝒫 Jᵀ/α + σ²),
+        MAP's output as the mean. Otherwise the moments of ``n_samples`` samples.
+        """
+        closed = isinstance(self._solver, (GramProjection, ParameterProjection))
+        if self.likelihood == "regression" and linearized and exact and closed:
+            return self(x, pred_type="glm", n_samples=n_samples)
         outputs = self.sample_outputs(x, n_samples, linearized)
-        if self.likelihood == "classification":
-            return average_probabilities(outputs)
-        if self.likelihood == "binary":
-            return bernoulli_probabilities(outputs)
-        return outputs.mean(0), outputs.var(0, unbiased=False) + self.noise_variance(n_samples)
+        noise = self.noise_variance(n_samples) if self.likelihood == "regression" else 0.0
+        return sample_predictive(self.likelihood, outputs, noise)
 
     def noise_variance(self, n_samples: int = 32) -> float:
         """σ² of the regression likelihood: given, or estimated by :meth:`estimate_sigma_noise`."""
@@ -442,7 +439,7 @@ class ProjectedPosterior:
 
     def optimize_prior_precision(
         self,
-        method: str = "evidence",
+        method: str = "marglik",
         val_loader: Iterable[Any] | None = None,
         grid: Sequence[float] | None = None,
         n_samples: int = 32,
@@ -453,14 +450,13 @@ class ProjectedPosterior:
         validation loader is streamed (one batch at a time). ``tuning`` records the grid, its
         NLLs and whether α stopped at an end of the grid (then a RuntimeWarning).
         """
-        if method == "evidence":
-            self.tuning = {"method": "evidence"}
+        method = tuning_method(method)
+        if method == "marglik":
+            self.tuning = {"method": "marglik"}
             self.prior_precision = self._check_precision(self.evidence_prior_precision(n_samples))
             if self.estimate_sigma:
                 self.estimate_sigma_noise(n_samples)
             return self.prior_precision
-        if method != "validation":
-            raise InputError(f"unknown method {method!r}; available: evidence, validation")
         if val_loader is None:
             raise InputError("method='validation' needs val_loader")
         centre = self.evidence_prior_precision(n_samples)

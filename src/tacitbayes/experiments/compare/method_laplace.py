@@ -33,9 +33,10 @@ from torch.utils.data import TensorDataset
 from tacitbayes.data import BatchLoader
 from tacitbayes.errors import InputError
 from tacitbayes.experiments.compare.registry import FitContext, Predictor, register_method
+from tacitbayes.likelihoods import average_probabilities
 from tacitbayes.posteriors.laplace import Laplace
 from tacitbayes.posteriors.laplace_tuning import predictive_nll
-from tacitbayes.posteriors.predictive import average_probabilities, sample_logits
+from tacitbayes.posteriors.predictive import sample_logits
 from tacitbayes.search import edge_record
 
 __all__ = ["SETTINGS", "LaplacePredictor", "LaplaceSettings", "fit_laplace"]

@@ -49,7 +49,7 @@ def _fit(ctx: FitContext, loss_projected: bool) -> PosteriorPredictor:
     post.fit(BatchLoader(ctx.data.train, PASS_BATCH))
     post.projected_noise(ctx.n_samples)
     projection_seconds = time.perf_counter() - start
-    alpha = post.optimize_prior_precision("evidence", n_samples=ctx.n_samples)
+    alpha = post.optimize_prior_precision("marglik", n_samples=ctx.n_samples)
     info: dict[str, Any] = {
         "solver": post.solver_used,
         "n_fit": post.n_fit,
