@@ -232,7 +232,7 @@ def _tensors_in(out: object, depth: int = 3) -> list[Tensor]:
 
 def _names_of(module: nn.Module, owner: str) -> list[str]:
     """The names (in ``module.named_parameters()``) of the parameters ``owner`` holds itself."""
-    own = {id(p) for p in _direct(module.get_submodule(owner))}
+    own = {id(p) for p in _direct(module.get_submodule(owner)) if p.requires_grad}
     return [n for n, p in module.named_parameters() if id(p) in own]
 
 
@@ -252,10 +252,11 @@ def find_last_layer(module: nn.Module, example_inputs: Inputs) -> str:
     """
     if not isinstance(module, nn.Module):
         raise InputError(f"expected an nn.Module, got {type(module).__name__}")
-    named = dict(module.named_parameters())
+    # the trainable parameters only (a frozen head under a LoRA adapter is not the last layer)
+    named = {n: p for n, p in module.named_parameters() if p.requires_grad}
     if not named:
-        raise InputError(f"{type(module).__name__} has no parameters")
-    owners = {n: m for n, m in module.named_modules() if _direct(m)}
+        raise InputError(f"{type(module).__name__} has no parameter with requires_grad=True")
+    owners = {n: m for n, m in module.named_modules() if any(p.requires_grad for p in _direct(m))}
     pure = {n for n, m in owners.items() if _pure(m)}
     leaves = {n: p.detach().requires_grad_(True) for n, p in named.items()}
     leaf_owner = {id(t): n.rsplit(".", 1)[0] if "." in n else "" for n, t in leaves.items()}

@@ -179,12 +179,17 @@ def _train_epochs(
     )
     run_epoch = sliced_epoch if D.is_distributed() else minibatch_epoch
     for epoch in bar:
+        # the weight noise of epoch e from its own stream, seeded (seed, e): a DataLoader's
+        # iterator draws its seeds from torch's global one, so the noise must not
+        noise = torch.Generator(device=device).manual_seed(config.seed * 100_019 + epoch)
         train_loss = run_epoch(
             optimizer,
             iter_batches(
                 epoch_batches(loader, config.batch_size, config.seed, epoch), device, dtype
             ),
-            lambda x, y: vnet.expected_loss(x, y, n_samples=config.n_samples, loss=config.loss),
+            lambda x, y, g=noise: vnet.expected_loss(
+                x, y, n_samples=config.n_samples, loss=config.loss, generator=g
+            ),
             lambda step, e=epoch: scheduled_lr(
                 config.lr, e * steps_per_epoch + step, total_steps, config.schedule
             ),
