@@ -40,6 +40,14 @@ Conventions:
 * Under ``torch.distributed`` each rank reads its shard of the (same) loader; the raw sums
   Σ ããᵀ, Σ ggᵀ, the diagonal blocks, the counts and Σ ℓ are all-reduced before normalising,
   so every rank holds the global factors (Monte Carlo columns: seed + rank per rank).
+* The running sums (Σ ããᵀ, Σ ggᵀ, the diagonal blocks) are kept in float64: each batch's
+  product is formed in the model's dtype and added to a float64 sum, and the factors are cast
+  back to the model's dtype at the end.  A float32 running sum loses accuracy as batches add
+  up (the 10×10 G of a 784-64-10 MLP over 469 fashion-mnist batches: 2.7e-5 relative, with
+  a null eigenvalue pushed negative); the float64 sum keeps it under 3e-7.  Memory: the sums
+  take d_in² + d_out² float64 entries per layer during the pass (twice a float32 factor),
+  plus one d×d product in the model's dtype per batch.  On ``mps`` (no float64) the sums stay
+  in the model's dtype.
 """
 
 from __future__ import annotations
@@ -75,16 +83,22 @@ CONV_APPROX = ("expand", "reduce")
 _NO_DATA = object()  # from_factors: build the layer structure without a data pass
 
 
+def _sum_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """float64 for the running sums of the factors, or ``dtype`` on mps (which has no float64)."""
+    return dtype if torch.device(device).type == "mps" else torch.float64
+
+
 def _add_input_moment(layer: FactoredLayer, a: Tensor, reduce: bool, m: Tensor) -> int:
     """m += Σ_r ã_r ã_rᵀ over rows r (locations, or per-example location means); the row count.
 
     ã = [a, 1] is never formed: the bias row/column is Σ_r a_r and the corner the count.
-    The sum is added in place (no d×d temporary).
+    The batch's product is formed in a's dtype (one f×f temporary) and added to m, which may
+    be of a wider dtype (the float64 running sum of :class:`KFAC`).
     """
     rows = a.mean(1) if reduce else a.reshape(-1, a.shape[-1])
     f = layer.d - int(layer.bias)
     if layer.weight:
-        m[:f, :f].addmm_(rows.mT, rows)
+        m[:f, :f] += rows.mT @ rows
     if layer.bias:
         if layer.weight:
             total = rows.sum(0)
@@ -210,8 +224,12 @@ class KFAC(LinearOperator):
 
     # ---- factor computation --------------------------------------------------------------
     def _compute(self, data: Iterable[Any]) -> dict[str, tuple[Tensor, Tensor]]:
-        """One pass: Σ ããᵀ, its count, Σ ggᵀ, the diagonal blocks and Σ ℓ; return {name: (A, G)}."""
-        kw = {"dtype": self.dtype, "device": self.device}
+        """One pass: Σ ããᵀ, its count, Σ ggᵀ, the diagonal blocks and Σ ℓ; return {name: (A, G)}.
+
+        The sums are float64 (:func:`_sum_dtype`); the factors and diagonals returned are
+        cast to the model's dtype.
+        """
+        kw = {"dtype": _sum_dtype(self.dtype, self.device), "device": self.device}
         a_sum = {la.name: torch.zeros(la.d, la.d, **kw) for la in self._layers}
         g_sum = {la.name: torch.zeros(la.n_out, la.n_out, **kw) for la in self._layers}
         d_sum = {k: torch.zeros(len(v), **kw) for k, v in self._diag_index.items()}
@@ -246,11 +264,11 @@ class KFAC(LinearOperator):
             all_reduce_(t)
         self.n_data, self.loss_sum = n_total, loss_sum
         scale_g = 1.0 / n_total if self.reduction == "mean" else 1.0
-        self.diagonals = {k: v * scale_g for k, v in d_sum.items()}
+        self.diagonals = {k: (v * scale_g).to(self.dtype) for k, v in d_sum.items()}
         out = {}
         for name in list(a_sum):
-            A = _symmetrize_(a_sum.pop(name), 1.0 / count[name])
-            out[name] = (A, _symmetrize_(g_sum.pop(name), scale_g))
+            A = _symmetrize_(a_sum.pop(name), 1.0 / count[name]).to(self.dtype)
+            out[name] = (A, _symmetrize_(g_sum.pop(name), scale_g).to(self.dtype))
         return out
 
     def _accumulate(
@@ -261,7 +279,10 @@ class KFAC(LinearOperator):
         g_sum: dict[str, Tensor],
         inputs: bool = True,
     ) -> int:
-        """Add a chunk's Σ ggᵀ of a layer (and, if ``inputs``, the batch's Σ ããᵀ); its input rows."""
+        """Add a chunk's Σ ggᵀ of a layer (and, if ``inputs``, the batch's Σ ããᵀ); its input rows.
+
+        Each product is formed in the signals' dtype and added to the (float64) running sums.
+        """
         reduce = self.conv_approx == "reduce"
         rows_a = 0
         if inputs:
@@ -269,7 +290,7 @@ class KFAC(LinearOperator):
         g = signals.grads  # (C, N, T, out)
         rows = g.sum(2) if reduce else g
         rows = rows.reshape(-1, g.shape[-1])
-        g_sum[layer.name].addmm_(rows.mT, rows)
+        g_sum[layer.name] += rows.mT @ rows
         return rows_a
 
     def _accumulate_diagonal(self, x: Any, s: Tensor, d_sum: dict[str, Tensor]) -> None:

@@ -424,16 +424,27 @@ class Laplace:
         linearized: bool = True,
         generator: torch.Generator | None = None,
         chunk_size: int = 8,
+        exact: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Classification: (1/S)Σ_s softmax(f_s(x)), shape (N, C); regression: (mean, variance).
+        """Classification: (1/S)Σ_s softmax(f_s(x)), (N, C); regression: (f(θ*, x), diag JΣJᵀ + σ²), (N, O) each.
 
-        f_s = f(θ*, x) + J(x)δθ_s (linearized) or f(θ* + δθ_s, x); regression variance is
-        the sample variance of f_s plus σ². Samples are processed ``chunk_size`` at a time.
+        Regression with ``linearized`` and ``exact`` (the default): the exact moments of the
+        linearised predictive, by :meth:`glm_predictive` (no samples; the same as
+        ``self(x, pred_type="glm")``). Otherwise Monte Carlo over S = ``n_samples`` draws:
+        f_s = f(θ*, x) + J(x)δθ_s (linearized) or f(θ* + δθ_s, x); regression returns the
+        sample mean and the sample variance of f_s plus σ². Samples are processed
+        ``chunk_size`` at a time. Classification and binary always sample (``exact`` unused).
         """
         self._require_fit()
         if not isinstance(x, (Tensor, dict)) or n_examples(x) < 1:
             raise InputError("x must be a Tensor (or keyword inputs) with a batch dimension")
+        if not isinstance(exact, bool):
+            raise InputError(f"exact must be True or False, got {exact!r}")
         self._check_mean()
+        if self.likelihood == "regression" and linearized and exact:
+            _positive_int("n_samples", n_samples)
+            mean, cov = self.glm_predictive(x)
+            return closed_form_output(self.likelihood, mean, cov, "probit", self.sigma_noise**2)
         deltas = self.sample_deltas(n_samples, generator)
         logits = sample_logits(
             self.model,
@@ -489,7 +500,7 @@ class Laplace:
         Valid (pred_type, link_approx): see :data:`laplace_api.VALID_PREDICTIONS`.
         """
         if not check_prediction(self.likelihood, pred_type, link_approx):
-            return self.predict(x, n_samples, pred_type == "glm", generator)
+            return self.predict(x, n_samples, pred_type == "glm", generator, exact=False)
         mean, cov = self.glm_predictive(x)
         return closed_form_output(self.likelihood, mean, cov, link_approx, self.sigma_noise**2)
 
