@@ -342,7 +342,7 @@ class ProjectedPosterior:
             raise InputError("the observation noise applies to likelihood='regression' only")
         jac = self._fitted()
         values = jac.n_data * jac.network_outputs
-        rank = self.n_params - self.trace_projector(n_samples)
+        rank = self.rank_estimate(n_samples)
         sigma, reliable = projected_sigma(jac.loss_sum, values, rank)
         if not reliable:
             warnings.warn(
@@ -424,6 +424,14 @@ class ProjectedPosterior:
         return closed_form_output(self.likelihood, mean, cov, link_approx, noise)
 
     # ------------------------------------------------------------------ prior precision
+    def rank_estimate(self, n_samples: int = 32) -> float:
+        """rank J: exact from the ``parameter`` solver, else P − tr 𝒫 (Hutchinson) clipped to [0, min(P, N·O)]."""
+        if isinstance(self._solver, ParameterProjection):
+            return float(self._solver.rank)
+        jac = self._fitted()
+        bound = float(min(jac.shape))
+        return min(max(self.n_params - self.trace_projector(n_samples), 0.0), bound)
+
     def trace_projector(self, n_samples: int = 32) -> float:
         """Hutchinson estimate of tr 𝒫 = dim null(J): mean of εᵀ𝒫ε = ‖𝒫ε‖² over the samples."""
         projected = self.projected_noise(n_samples)
@@ -431,7 +439,7 @@ class ProjectedPosterior:
 
     def evidence_prior_precision(self, n_samples: int = 32) -> float:
         """α* = r/‖θ*‖², r = P − tr 𝒫: the maximiser of −(α/2)‖θ*‖² + (r/2) log α."""
-        rank = max(self.n_params - self.trace_projector(n_samples), 1.0)
+        rank = max(self.rank_estimate(n_samples), 1.0)
         if self._theta is None:
             raise NotFittedError(NOT_FITTED)
         self.evidence_precision = rank / float(self._theta.pow(2).sum())
