@@ -76,7 +76,7 @@ SETTINGS = dict(lr=1.0, hess_init=0.1, beta2=0.99995, weight_decay=5e-4, clip_ra
 
 def _ours(model: torch.nn.Module, n_train: int) -> IVON:
     """tacitbayes' IVON with the shared settings."""
-    return IVON(model.parameters(), ess=n_train, rescale_lr=True, seed=0, **SETTINGS)
+    return IVON(model.parameters(), ess=n_train, rescale_lr=True, seed=0, fused=True, **SETTINGS)
 
 
 def _without_draw(opt: IVON) -> IVON:

@@ -29,7 +29,7 @@ from _timing import interleaved
 import tacitbayes as tb
 from tacitbayes.budget import WORKING_BYTES
 from tacitbayes.models import build_model
-from tacitbayes.posteriors.projected import DEFAULT_MEMORY_BUDGET
+from tacitbayes.posteriors.solvers import DEFAULT_MEMORY_BUDGET
 
 WIDE = {"width": 3400, "depth": 3}
 N_WIDE, BATCH_WIDE = 512, 128

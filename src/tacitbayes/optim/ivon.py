@@ -15,6 +15,13 @@ sample costs one Gaussian draw and one fused multiply-add per weight; hyper-para
 changes of a group take effect from its next step.  Options: ``clip_radius`` clips the update direction elementwise to [−r, r];
 ``rescale_lr`` multiplies α by (h₀ + δ), so the first steps match SGD with step α.
 
+h forgets h₀ as β₂ᵗ: after t steps only a share 1 − β₂ᵗ of it comes from the data
+(0.3% after 320 steps at β₂ = 0.99999), and until then σ and the preconditioner are
+those of h₀. At step counts t = 128, 256, 512, … the mean relative change
+mean|h − h₀|/h₀ of each group is read (one pass over h, at those steps only); below 1%
+a RuntimeWarning, once per optimizer, names β₂, t and the remedies. Under a process
+group every rank holds the same h, so every rank decides alike.
+
 Written from the equations above (the public ivon-opt package is GPL and was not used).
 See :mod:`tacitbayes.optim.sampling` for the sampling protocol.
 """
@@ -22,6 +29,9 @@ See :mod:`tacitbayes.optim.sampling` for the sampling protocol.
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +44,9 @@ from tacitbayes.optim.sampling import SampledOptimizer, check_range
 
 __all__ = ["IVON"]
 
+HESS_CHECK_FROM = 128  # h is compared with h₀ at steps 128, 256, 512, …
+HESS_MOVED = 0.01  # below this mean relative change, h is still h₀'s (warned once)
+
 
 class IVON(SampledOptimizer):
     """IVON: μ ← μ − α(g/(1−β₁ᵗ) + δμ)/(h+δ) with sampled ĝ, ĥ = ĝε/σ and σ = 1/√(λ(h+δ)).
@@ -41,8 +54,12 @@ class IVON(SampledOptimizer):
     Per-group options: ``lr`` (α), ``ess`` (λ), ``hess_init`` (h₀), ``beta1``, ``beta2``,
     ``weight_decay`` (δ), ``clip_radius``, ``rescale_lr``.
 
-    ``fused`` (default: on the CPU): each parameter's update runs as one compiled kernel
-    (:mod:`tacitbayes.optim.ivon_fused`) instead of about fifteen elementwise passes.
+    ``fused`` (default False: the eager update, about fifteen elementwise passes per
+    parameter): True runs each group's update as compiled kernels (torch.compile,
+    :mod:`tacitbayes.optim.ivon_fused`), one pass per parameter. Compiling costs the
+    first steps 8–11 s with a warm inductor cache and about 2 minutes with a cold one
+    on a 2-core CPU (more than a whole AdamW training of a small model): opt in for long
+    runs whose step is bound by the update's memory traffic.
 
     ``sync=True`` (data parallelism in a process group): rank 0's μ and noise generator
     are broadcast at construction, so all ranks draw the same θ = μ + σ ⊙ ε; each rank
@@ -69,7 +86,7 @@ class IVON(SampledOptimizer):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         sync: bool = False,
-        fused: bool | None = None,
+        fused: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -83,10 +100,10 @@ class IVON(SampledOptimizer):
         )
         _validate(defaults)
         super().__init__(params, defaults, mc_samples, seed, generator, sync)
-        if fused is not None and not isinstance(fused, bool):
-            raise InputError(f"fused must be True, False or None, got {fused!r}")
-        on_cpu = all(p.device.type == "cpu" for g in self.param_groups for p in g["params"])
-        self.fused = on_cpu if fused is None else fused
+        if not isinstance(fused, bool):
+            raise InputError(f"fused must be True or False, got {fused!r}")
+        self.fused = fused
+        self._hess_warned = False  # the warning that h has not left h₀ is given once
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its hyper-parameters (defaults filled in) are validated first."""
@@ -170,6 +187,36 @@ class IVON(SampledOptimizer):
             geps_list = None if beta2 >= 1.0 else gepss
             noise_list = None if beta2 >= 1.0 or formed else noises
             update(ps, moms, hess, grads, geps_list, rs, *numbers, noises=noise_list)  # r too
+        self._check_hess_moved(group, items)
+
+    def _check_hess_moved(
+        self, group: dict[str, Any], items: list[tuple[Tensor, dict, int]]
+    ) -> None:
+        """Warn once if mean|h − h₀|/h₀ < 1% at a step t = 128·2ᵏ (h still set by ``hess_init``)."""
+        beta2 = group["beta2"]
+        if self._hess_warned or beta2 >= 1.0:  # β₂ = 1 keeps h = h₀ by design
+            return
+        step = max(state["step"] for _, state, _ in items)
+        if step < HESS_CHECK_FROM or step & (step - 1):  # only at powers of two
+            return
+        h0 = float(group["hess_init"])
+        moved = sum(float((state["hess"] - h0).abs().sum()) for _, state, _ in items)
+        moved /= h0 * sum(state["hess"].numel() for _, state, _ in items)
+        if moved >= HESS_MOVED:
+            return
+        self._hess_warned = True
+        share = 1.0 - beta2**step  # the share of h that comes from the data
+        warnings.warn(
+            f"IVON: after {step} steps the Hessian estimate h has moved only {100 * moved:.2g}% "
+            f"from hess_init={h0:g} (mean |h − h₀|/h₀): with beta2={beta2:g}, 1 − beta2^t = "
+            f"{100 * share:.2g}% of h comes from the data, so the posterior σ and the step "
+            f"are still set by hess_init. Use a smaller beta2 (e.g. 0.9999, or 0.999 for "
+            f"a short run), train for many more steps (the memory of h is about "
+            f"1/(1 − beta2) = {1 / (1 - beta2):.0f} steps), or set hess_init closer to the "
+            "data's curvature",
+            RuntimeWarning,
+            stacklevel=_caller_stacklevel(),
+        )
 
     # ------------------------------------------------------------------ views
 
@@ -183,6 +230,20 @@ class IVON(SampledOptimizer):
                 d = h + group["weight_decay"]
                 out[p] = d.clone() if isinstance(d, Tensor) else torch.full_like(p, d)
         return out
+
+
+_INTERNAL = (os.path.dirname(__file__), os.path.dirname(torch.__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside tacitbayes.optim and torch: the caller of ``step()``.
+
+    (torch's optimizer hooks and an lr scheduler wrap ``step``, so the depth varies.)
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _validate(h: dict[str, Any]) -> None:

@@ -17,6 +17,13 @@ scalars are passed as 0-d tensors, so that the changing b = 1 − β₁ᵗ does 
 and returned wrong updates: never pass floats). If compiling fails
 (no C++ compiler, an unsupported platform), :func:`ivon_update_` warns once and stays eager:
 both compute the same expressions, so they agree to rounding.
+
+The compiled path is opt-in (``IVON(..., fused=True)``; the default is the eager
+update): compiling is paid on the first steps of every process, one graph per list
+length (up to ``CHUNK``) and step variant. On a 2-core CPU that was 8–11 s with a warm
+inductor cache (7.8 s for a 2-layer BERT of width 32, 2.9 s for a 2-layer MLP) and
+17–114 s with a cold one, against a whole AdamW training of a small model in 3 s; it pays
+off only on long runs whose step is bound by the update's memory traffic.
 """
 
 from __future__ import annotations

@@ -54,13 +54,15 @@ group ``sync`` changes nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from tacitbayes.batches import Inputs, call_model, move_inputs, n_examples
+from tacitbayes.devices import model_device, model_dtype
 from tacitbayes.errors import InputError
 from tacitbayes.likelihoods import check_likelihood, mc_predictive
 from tacitbayes.optim import sync as S
@@ -390,7 +392,7 @@ class SampledOptimizer(torch.optim.Optimizer):
     def sampled_predict(
         self,
         model: nn.Module,
-        x: Tensor,
+        x: Inputs,
         n_samples: int = 32,
         generator: torch.Generator | None = None,
         *,
@@ -405,15 +407,25 @@ class SampledOptimizer(torch.optim.Optimizer):
         the samples, each (len(x), O), the variance plus ``sigma_noise``² (the observation
         noise σ is not part of q: pass it; 0 leaves the spread of f). ``model`` runs in eval
         mode and is restored.
+
+        ``x`` is a batch's inputs as the rest of the library takes them
+        (:mod:`tacitbayes.batches`): a Tensor (``model(x)``) or a mapping of keyword
+        arguments (``model(**x)``, e.g. ``input_ids`` and ``attention_mask``), moved to
+        the model's device (floating inputs cast to its dtype). The model may return a
+        Tensor, a mapping with ``"logits"`` or an object with ``.logits`` (a Hugging Face
+        output).
         """
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise InputError(f"n_samples must be an int ≥ 1, got {n_samples!r}")
         check_likelihood(likelihood)
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        x = move_inputs(_check_inputs(x), model_device(model), model_dtype(model))
 
         def outputs() -> Iterator[Tensor]:
             for _ in range(n_samples):
                 with self.sampled_params(train=False, generator=generator):
-                    out = model(x)
+                    out = call_model(model, x)
                 yield out
 
         was_training = model.training
@@ -447,10 +459,29 @@ class SampledOptimizer(torch.optim.Optimizer):
             self.seed = sampler.get("seed")
 
 
+def _check_inputs(x: Any) -> Inputs:
+    """``x`` if it is a Tensor or a str → Tensor mapping with a shared batch dimension, else InputError."""
+    if isinstance(x, Mapping):
+        bad = [k for k, v in x.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+        if bad or not x:
+            raise InputError(
+                "keyword inputs must map argument names (str) to Tensors"
+                + (f"; the entries {bad} do not" if bad else ", got an empty mapping")
+            )
+        x = dict(x)
+    elif not isinstance(x, Tensor):
+        raise InputError(
+            f"x must be a Tensor or a mapping of keyword inputs to Tensors, got {type(x).__name__}"
+        )
+    if n_examples(x) < 1:
+        raise InputError("x holds no examples (its batch dimension is 0)")
+    return x
+
+
 def sampled_predict(
     optimizer: SampledOptimizer,
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     n_samples: int = 32,
     *,
     likelihood: str = "classification",

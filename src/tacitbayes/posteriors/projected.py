@@ -27,6 +27,7 @@ whatever N. ``gram`` holds the dense K on every rank and gathers data-space vect
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -52,14 +53,13 @@ from tacitbayes.posteriors.predictive import (
     validation_nll,
 )
 from tacitbayes.posteriors.solvers import (
-    DEFAULT_MEMORY_BUDGET,
+    SOLVERS as SOLVER_CLASSES,
+)
+from tacitbayes.posteriors.solvers import (
     NullSpaceSolver,
     SolverSettings,
     auto_chain,
     build_solver,
-)
-from tacitbayes.posteriors.solvers import (
-    SOLVERS as SOLVER_CLASSES,
 )
 from tacitbayes.posteriors.solvers.gram import GramProjection
 from tacitbayes.posteriors.solvers.parameter import ParameterProjection
@@ -69,6 +69,14 @@ __all__ = ["ProjectedPosterior"]
 
 SOLVERS = ("auto", *SOLVER_CLASSES)
 NOT_FITTED = "call fit(train_loader) (or load_state_dict with samples) before using the posterior"
+
+
+#: The solvers' own options and their defaults (the fields of SolverSettings but tol, seed, progress).
+SOLVER_OPTIONS = {
+    f.name: f.default
+    for f in dataclasses.fields(SolverSettings)
+    if f.name not in ("tol", "seed", "progress")
+}
 
 
 class ProjectedPosterior:
@@ -83,32 +91,41 @@ class ProjectedPosterior:
         loss_projected: bool = False,
         prior_precision: float = 1.0,
         tol: float = 1e-3,
-        max_iters: int = 300,
-        n_sweeps: int = 100,
-        projection_batch_size: int = 16,
-        nystrom_rank: int = 2000,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
-        cutoff: float = 1e-6,
         param_names: str | Sequence[str] | None = None,
         chunk_size: int | None = None,
         seed: int = 0,
         progress: bool = False,
         sigma_noise: float | None = None,
+        **solver_options: Any,
     ) -> None:
+        """``solver_options``: the solvers' own settings, fields of :class:`SolverSettings`
+        (``max_iters`` 300, ``n_sweeps`` 100, ``projection_batch_size`` 16, ``nystrom_rank``
+        2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6); each solver reads its own."""
         check_likelihood(likelihood)
         if solver not in SOLVERS:
             raise InputError(f"unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
-        for name, value in (
-            ("max_iters", max_iters),
-            ("n_sweeps", n_sweeps),
-            ("projection_batch_size", projection_batch_size),
-            ("nystrom_rank", nystrom_rank),
-            ("memory_budget", memory_budget),
+        known = set(SOLVER_OPTIONS)
+        unknown = sorted(set(solver_options) - known)
+        if unknown:
+            raise InputError(
+                f"unknown option(s) {unknown}; the solvers' options are {sorted(known)}"
+            )
+        options = {**SOLVER_OPTIONS, **solver_options}
+        for name in (
+            "max_iters",
+            "n_sweeps",
+            "projection_batch_size",
+            "nystrom_rank",
+            "memory_budget",
         ):
+            value = options[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not tol > 0:
             raise InputError(f"tol must be positive, got {tol}")
+        max_iters, n_sweeps = options["max_iters"], options["n_sweeps"]
+        projection_batch_size, cutoff = options["projection_batch_size"], options["cutoff"]
+        nystrom_rank, memory_budget = options["nystrom_rank"], options["memory_budget"]
         self.model = model
         self.likelihood = likelihood
         self.solver = solver

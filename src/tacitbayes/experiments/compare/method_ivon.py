@@ -187,6 +187,7 @@ def train_ivon(
         rescale_lr=settings.rescale_lr,
         seed=ctx.seed,
         sync=D.is_distributed(),
+        fused=torch.device(ctx.device).type == "cpu",  # the compiled update its figures timed
     )
     ess = float(settings.ess or n)
     saves = EpochCheckpoints(
