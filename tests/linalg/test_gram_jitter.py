@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import tacitbayes.posteriors.projected as projected
+import tacitbayes.posteriors.solvers.gram as gram
 from tacitbayes.curvature.ntk import ntk_gram
 from tacitbayes.errors import InputError
 from tacitbayes.posteriors.kernel_projection import JITTER, GramSolver
@@ -86,7 +86,7 @@ def test_projected_posterior_with_near_duplicate_rows_and_a_float32_gram(
     x[6:] = x[:6] + 1e-4 * torch.randn(6, 4, dtype=DT)
     y = torch.randint(0, 3, (12,))
     loader = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 12, 4)]
-    monkeypatch.setattr(projected, "ntk_gram", lambda factors: ntk_gram(factors).float().double())
+    monkeypatch.setattr(gram, "ntk_gram", lambda factors: ntk_gram(factors).float().double())
     with pytest.warns(RuntimeWarning, match="NTK Gram matrix .* factored with jitter"):
         post = ProjectedPosterior(model, solver="gram").fit(loader)
     outputs = post.sample_outputs(x, n_samples=4)

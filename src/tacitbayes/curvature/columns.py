@@ -26,10 +26,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp, vmap
 
-from tacitbayes.batches import Inputs, data_pass, map_inputs, slice_inputs
+from tacitbayes.batches import Inputs, map_inputs, slice_inputs
 from tacitbayes.budget import check_count, items_per_chunk
 from tacitbayes.curvature.layers import FactoredLayer, LayerSignals, backprop_batch, split_layers
 from tacitbayes.curvature.losses import Loss, get_loss
+from tacitbayes.data_pass import data_pass
 from tacitbayes.distributed import all_reduce_, is_distributed, rank
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, is_vmap_trace_error, warn_per_example_loop

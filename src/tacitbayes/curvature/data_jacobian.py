@@ -8,7 +8,7 @@ one VJP per pass whatever the number of network outputs.
 
 The data are streamed: every product iterates the loader again and holds one batch at
 a time (``cache=True`` keeps the batches, for solvers that visit them out of order). The
-loader is read through one :class:`tacitbayes.batches.DataPass`, so every product sees
+loader is read through one :class:`tacitbayes.data_pass.DataPass`, so every product sees
 the same rows in the same order (a shuffling DataLoader is read in order; a loader whose
 batches change between passes is refused).
 
@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from tacitbayes.batches import Batch, data_pass, map_inputs, n_examples, read_batch, to_model
+from tacitbayes.batches import Batch, map_inputs, n_examples, read_batch, to_model
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.curvature.operators import (
     Data,
@@ -43,6 +43,7 @@ from tacitbayes.curvature.operators import (
     _flatten_rows,
     _free_params,
 )
+from tacitbayes.data_pass import data_pass
 from tacitbayes.distributed import (
     all_gather_cat,
     all_reduce_,

@@ -58,7 +58,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.batches import DataPass, data_pass
 from tacitbayes.budget import check_count
 from tacitbayes.curvature.columns import per_example_columns, reduce_pass
 from tacitbayes.curvature.layers import (
@@ -71,6 +70,7 @@ from tacitbayes.curvature.layers import (
 )
 from tacitbayes.curvature.losses import Loss, get_loss
 from tacitbayes.curvature.operators import LinearOperator, _free_params
+from tacitbayes.data_pass import DataPass, data_pass
 from tacitbayes.distributed import all_reduce_, rank
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel

@@ -36,17 +36,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vjp, vmap
 
-from tacitbayes.batches import (
-    Batch,
-    DataPass,
-    Inputs,
-    move_inputs,
-    n_examples,
-    read_batch,
-)
+from tacitbayes.batches import Batch, Inputs, move_inputs, n_examples, read_batch
 from tacitbayes.budget import check_count, items_per_chunk
 from tacitbayes.curvature.columns import ggn_diagonal
 from tacitbayes.curvature.losses import Loss, get_loss
+from tacitbayes.data_pass import DataPass
 from tacitbayes.distributed import all_reduce_, all_reduce_float
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten

@@ -4,7 +4,7 @@ Every posterior (:class:`~tacitbayes.posteriors.Laplace`,
 :class:`~tacitbayes.posteriors.ProjectedPosterior`, the VAE posteriors through their inner
 ones) implements :class:`Posterior`, as laplace-torch users expect::
 
-    post.fit(train_loader)                    # any re-iterable loader (see batches.DataPass)
+    post.fit(train_loader)                    # any re-iterable loader (see data_pass.DataPass)
     post.optimize_prior_precision()           # "marglik" (alias "evidence") or "validation"
     post.sample(n)                            # flat weight samples (n, P)
     post.predict(x, n_samples=32)             # probabilities (N, C), or (mean, var)

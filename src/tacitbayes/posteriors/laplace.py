@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from tacitbayes.batches import DataPass, Inputs, n_examples, peek_batch
+from tacitbayes.batches import Inputs, n_examples, peek_batch
+from tacitbayes.data_pass import DataPass
 from tacitbayes.distributed import all_gather_cat, is_distributed, presharded
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel, flatten, last_layer_names, layer_names

@@ -23,7 +23,8 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-from tacitbayes.batches import data_pass, n_examples
+from tacitbayes.batches import n_examples
+from tacitbayes.data_pass import data_pass
 from tacitbayes.distributed import all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.posteriors.laplace_protocol import TunableLaplace

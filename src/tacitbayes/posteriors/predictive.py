@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vmap
 
-from tacitbayes.batches import Inputs, data_pass, move_inputs
+from tacitbayes.batches import Inputs, move_inputs
+from tacitbayes.data_pass import data_pass
 from tacitbayes.distributed import all_reduce_
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, unflatten

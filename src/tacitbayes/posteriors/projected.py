@@ -37,10 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tacitbayes.batches import DataPass, Inputs, n_examples, slice_inputs
+from tacitbayes.batches import Inputs, n_examples, slice_inputs
 from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import kernel_factors, ntk_blocks, ntk_cross
+from tacitbayes.data_pass import DataPass
 from tacitbayes.distributed import is_distributed
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel

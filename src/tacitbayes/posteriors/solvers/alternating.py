@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from tacitbayes.batches import DataPass
 from tacitbayes.curvature.data_jacobian import DataJacobian
+from tacitbayes.data_pass import DataPass
 from tacitbayes.distributed import is_distributed
 from tacitbayes.errors import InputError
 from tacitbayes.posteriors.null_space import ProjectionInfo, alternating_projection, batch_inverses
