@@ -128,3 +128,26 @@ def test_data_of_the_wrong_shape_is_a_clear_error() -> None:
     bad = TensorDataset(torch.randn(N, 1, SIDE + 1, SIDE, dtype=torch.float64), torch.zeros(N))
     with pytest.raises(InputError, match="the model cannot take these inputs"):
         VAEProjectedPosterior(vae, solver="gram").fit(DataLoader(bad, batch_size=6))
+
+
+@pytest.mark.parametrize("kind", [VAEProjectedPosterior, VAEDiagonalLaplace])
+def test_vae_posteriors_meet_the_posterior_contract(kind) -> None:
+    from tacitbayes.posteriors.contract import Posterior
+
+    vae, data = _vae(), _data()
+    options = {"solver": "gram"} if kind is VAEProjectedPosterior else {}
+    post = kind(vae, **options).fit(DataLoader(data, batch_size=6))
+    assert isinstance(post, Posterior)
+    alpha = post.optimize_prior_precision("evidence")
+    assert alpha == post.prior_precision > 0
+    x = data.tensors[0][:3]
+    mean, var = post.predict(x, n_samples=4)
+    samples = post.reconstruction_samples(x, n_samples=4)
+    torch.testing.assert_close(mean, samples.mean(0))
+    torch.testing.assert_close(var, samples.var(0, unbiased=False))
+    assert post.sample(4).shape == (4, len(post.deltas(1)[0]))
+    again = kind(vae, **options)
+    again.load_state_dict(post.state_dict())
+    torch.testing.assert_close(again.predict(x, n_samples=4)[0], mean)
+    with pytest.raises(InputError, match="evidence only"):
+        post.optimize_prior_precision("validation")

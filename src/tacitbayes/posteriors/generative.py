@@ -36,6 +36,7 @@ from tacitbayes.batches import FIT_BATCH_SIZE, as_loader, iter_batches
 from tacitbayes.devices import model_device, model_dtype
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel, eval_mode, layer_names
+from tacitbayes.posteriors.contract import tuning_method
 from tacitbayes.posteriors.predictive import sample_logits
 from tacitbayes.posteriors.projected import ProjectedPosterior
 
@@ -160,6 +161,45 @@ class _SampledVAEPosterior:
         samples = self.reconstruction_samples(x, n_samples, linearized)
         return samples.var(0, unbiased=False).flatten(1).sum(1)
 
+    # ---- the posterior contract (tacitbayes.posteriors.contract.Posterior) ----------------
+    likelihood = "reconstruction"  # Bernoulli pixels of the decoder
+
+    def _theta(self) -> Tensor:
+        module = _NegativeElbo(self.vae)
+        params = FunctionalModel(module, self.param_names).params()
+        return torch.cat([t.detach().reshape(-1) for t in params.values()])
+
+    def sample(self, n_samples: int = 1) -> Tensor:
+        """Flat weight samples θ* + δ_s, shape (n_samples, P)."""
+        return self._theta() + self.deltas(n_samples)
+
+    def predict(
+        self, x: Tensor, n_samples: int = 32, linearized: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """(mean, variance) of the reconstructions σ(r(θ_s, x)) over the samples, each (N, C, H, W)."""
+        samples = self.reconstruction_samples(x, n_samples, linearized)
+        return samples.mean(0), samples.var(0, unbiased=False)
+
+    def __call__(
+        self, x: Tensor, pred_type: str = "glm", link_approx: str = "mc", n_samples: int = 32
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`predict` with ``pred_type`` "glm" (linearised) or "nn"; only Monte Carlo applies."""
+        if pred_type not in ("glm", "nn") or link_approx != "mc":
+            raise InputError(
+                "a VAE posterior predicts by Monte Carlo: pred_type 'glm' or 'nn', link_approx 'mc'"
+            )
+        return self.predict(x, n_samples, linearized=pred_type == "glm")
+
+    def optimize_prior_precision(self, method: str = "marglik", n_samples: int = 32) -> float:
+        """Set the prior precision by the evidence ("marglik", alias "evidence")."""
+        if tuning_method(method) != "marglik":
+            raise InputError("a VAE posterior tunes its prior precision by the evidence only")
+        self.prior_precision = self._evidence(n_samples)
+        return self.prior_precision
+
+    def _evidence(self, n_samples: int) -> float:
+        raise NotImplementedError
+
 
 class VAEProjectedPosterior(_SampledVAEPosterior):
     """The loss-projected posterior N(θ*, α⁻¹(I − G⁺G)) of a VAE, G the per-example negative-ELBO gradients."""
@@ -198,6 +238,19 @@ class VAEProjectedPosterior(_SampledVAEPosterior):
         if self.prior_precision is None:
             raise NotFittedError(NOT_FITTED)
         return self.projected.projected_noise(n_samples).T / math.sqrt(self.prior_precision)
+
+    def _evidence(self, n_samples: int) -> float:
+        return self.projected.optimize_prior_precision(n_samples=n_samples)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner projected posterior's state (samples, α)."""
+        return {"projected": self.projected.state_dict(), "prior_precision": self.prior_precision}
+
+    def load_state_dict(self, state: dict[str, Any]) -> VAEProjectedPosterior:
+        """Restore what :meth:`state_dict` saved (the VAE must hold θ*)."""
+        self.projected.load_state_dict(state["projected"])
+        self.prior_precision = float(state["prior_precision"])
+        return self
 
     @property
     def info(self) -> dict[str, Any]:
@@ -277,6 +330,29 @@ class VAEDiagonalLaplace(_SampledVAEPosterior):
                 return new
             delta = new
         return delta
+
+    def _evidence(self, n_samples: int) -> float:
+        return self.evidence_prior_precision()
+
+    def state_dict(self) -> dict[str, Any]:
+        """h, θ*, δ and the seed: everything to predict again."""
+        if self.diagonal is None or self.theta is None:
+            raise NotFittedError(NOT_FITTED)
+        return {
+            "diagonal": self.diagonal.clone(),
+            "theta": self.theta.clone(),
+            "prior_precision": self.prior_precision,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> VAEDiagonalLaplace:
+        """Restore what :meth:`state_dict` saved (the VAE must hold θ*)."""
+        theta = state["theta"]
+        if not torch.equal(theta, self._theta().to(theta.dtype)):
+            raise InputError("the VAE's parameters are not the θ* this state_dict was fitted at")
+        self.diagonal, self.theta = state["diagonal"].clone(), theta.clone()
+        self.prior_precision, self.seed = float(state["prior_precision"]), int(state["seed"])
+        return self
 
     def deltas(self, n_samples: int) -> Tensor:
         """(h + δ)^{-1/2} ⊙ ε_s with ε_s ~ N(0, I) seeded, shape (n_samples, P)."""
