@@ -17,9 +17,16 @@ import torch
 from torch import Tensor
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
+from tacitbayes.errors import InputError
 from tacitbayes.posteriors.null_space import ProjectionInfo
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "NullSpaceSolver", "SolverSettings", "float64_twin"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "NullSpaceSolver",
+    "SolverSettings",
+    "check_budget",
+    "float64_twin",
+]
 
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for a solver's matrices
 
@@ -48,6 +55,15 @@ class NullSpaceSolver(Protocol):
     def project(self, V: Tensor) -> tuple[Tensor, ProjectionInfo]:
         """𝒫V and how it was reached (iterations, residuals ‖J𝒫v‖/‖Jv‖, data passes)."""
         ...
+
+
+def check_budget(solver: str, need: int, budget: int, what: str, instead: str) -> None:
+    """InputError when a solver's ``need`` bytes for ``what`` exceed ``budget``, naming ``instead``."""
+    if need > budget:
+        raise InputError(
+            f"solver={solver!r} needs {need / 2**30:.1f} GiB for {what}, over memory_budget "
+            f"({budget / 2**30:.1f} GiB); use {instead}"
+        )
 
 
 def float64_twin(jac: DataJacobian) -> DataJacobian:

@@ -6,7 +6,6 @@ from torch import Tensor
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, ntk_gram
-from tacitbayes.errors import InputError
 from tacitbayes.posteriors.kernel_projection import (
     GramSolver,
     factor_bytes_per_example,
@@ -14,7 +13,7 @@ from tacitbayes.posteriors.kernel_projection import (
     jacobian_factors,
 )
 from tacitbayes.posteriors.null_space import ProjectionInfo
-from tacitbayes.posteriors.solvers.base import SolverSettings, float64_twin
+from tacitbayes.posteriors.solvers.base import SolverSettings, check_budget, float64_twin
 
 __all__ = ["GramProjection", "gram_bytes"]
 
@@ -37,14 +36,9 @@ class GramProjection:
     @classmethod
     def build(cls, jac: DataJacobian, settings: SolverSettings) -> GramProjection:
         """Factor K of every training example (InputError when K, its factor and the factors exceed the budget)."""
-        need = gram_bytes(jac)
-        if need > settings.memory_budget:
-            rows = jac.shape[0]
-            raise InputError(
-                f"solver='gram' needs {need / 2**30:.1f} GiB for the {rows}x{rows} kernel "
-                f"matrix, its factor and the Jacobian factors, over memory_budget "
-                f"({settings.memory_budget / 2**30:.1f} GiB); use solver='nystrom'"
-            )
+        rows = jac.shape[0]
+        what = f"the {rows}x{rows} kernel matrix, its factor and the Jacobian factors"
+        check_budget("gram", gram_bytes(jac), settings.memory_budget, what, "solver='nystrom'")
         exact = float64_twin(jac)
         return cls(exact, jacobian_factors(exact), settings.tol)
 

@@ -17,9 +17,8 @@ from torch import Tensor
 from tacitbayes.budget import items_per_chunk
 from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.distributed import all_reduce_
-from tacitbayes.errors import InputError
 from tacitbayes.posteriors.null_space import ProjectionInfo, null_space_residual
-from tacitbayes.posteriors.solvers.base import SolverSettings, float64_twin
+from tacitbayes.posteriors.solvers.base import SolverSettings, check_budget, float64_twin
 
 __all__ = ["RANK_CUTOFF", "ParameterProjection", "parameter_bytes"]
 
@@ -55,14 +54,14 @@ class ParameterProjection:
     @classmethod
     def build(cls, jac: DataJacobian, settings: SolverSettings) -> ParameterProjection:
         """Build JᵀJ in float64 and keep row(J)'s eigenvectors (InputError over the budget)."""
-        need = parameter_bytes(jac)
-        if need > settings.memory_budget:
-            n_p = jac.shape[1]
-            raise InputError(
-                f"solver='parameter' needs {need / 2**30:.1f} GiB for the {n_p}x{n_p} matrix "
-                f"JᵀJ, over memory_budget ({settings.memory_budget / 2**30:.1f} GiB); use "
-                "solver='gram' or 'nystrom'"
-            )
+        n_p = jac.shape[1]
+        check_budget(
+            "parameter",
+            parameter_bytes(jac),
+            settings.memory_budget,
+            f"the {n_p}x{n_p} matrix JᵀJ",
+            "solver='gram' or 'nystrom'",
+        )
         exact = float64_twin(jac)
         values, vectors = torch.linalg.eigh(normal_matrix(exact))
         keep = values > RANK_CUTOFF * values[-1].clamp_min(1e-300)
