@@ -4,7 +4,10 @@
 by batch (in the order of ``data``) and example-major within a batch. With
 ``outputs="loss"`` the per-example output is the scalar loss ℓ(f(θ, x_n), y_n), so J
 becomes the N×P matrix of per-example loss gradients (O = 1), which costs one JVP or
-one VJP per pass whatever the number of network outputs.
+one VJP per pass whatever the number of network outputs. With ``outputs="ggn"`` the rows
+of example n are S_nᵀ J_n, S_n S_nᵀ = Λ_n the loss's output Hessian at θ* (so JᵀJ is the
+GGN and null(J) the GGN's null space; for softmax it adds the direction that shifts every
+logit of an example alike, which leaves its probabilities unchanged).
 
 The data are streamed: every product iterates the loader again and holds one batch at
 a time (``cache=True`` keeps the batches, for solvers that visit them out of order). The
@@ -53,7 +56,10 @@ from tacitbayes.distributed import (
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
 
-__all__ = ["DataJacobian"]
+__all__ = ["OUTPUTS", "DataJacobian"]
+
+#: The row kinds: the network's outputs, the per-example losses, the GGN's rows S_nᵀ J_n.
+OUTPUTS = ("logits", "loss", "ggn")
 
 
 class DataJacobian(LinearOperator):
@@ -69,8 +75,8 @@ class DataJacobian(LinearOperator):
         chunk_size: int | None = None,
         cache: bool = False,
     ) -> None:
-        if outputs not in ("logits", "loss"):
-            raise InputError(f"outputs must be 'logits' or 'loss', got {outputs!r}")
+        if outputs not in OUTPUTS:
+            raise InputError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}")
         self.outputs = outputs
         self.loss_name = loss
         self.loss = get_loss(loss)
@@ -193,6 +199,11 @@ class DataJacobian(LinearOperator):
             with torch.no_grad():
                 r = self.loss.output_gradient(self.fmodel(self.params, x), y)
             return lambda p: (self.fmodel(p, x) * r).sum(-1)
+        if self.outputs == "ggn":
+            # rows S_nᵀ J_n with Λ_n = S_n S_nᵀ at θ* (fixed: the map stays linear in f)
+            with torch.no_grad():
+                s = self.loss.hessian_sqrt(self.fmodel(self.params, x), y)
+            return lambda p: torch.einsum("no,noc->nc", self.fmodel(p, x), s).reshape(-1)
         return lambda p: self.fmodel(p, x).reshape(-1)
 
     def batch_matmat(self, index: int | Batch, V: Tensor) -> Tensor:

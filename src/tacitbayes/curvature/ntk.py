@@ -154,8 +154,8 @@ def kernel_factors(
     The explicit per-row gradients (Conv2d, sequence-Linear and other parameters) take
     N·O·P_explicit numbers; over ``max_explicit_bytes`` an InputError says so.
     """
-    if outputs not in ("logits", "loss"):
-        raise InputError(f"outputs must be 'logits' or 'loss', got {outputs!r}")
+    if outputs not in ("logits", "loss", "ggn"):
+        raise InputError(f"outputs must be 'logits', 'loss' or 'ggn', got {outputs!r}")
     names = resolve_param_names(model, param_names)
     free = set(names)
     live = dict(model.named_parameters())
@@ -197,6 +197,12 @@ def kernel_factors(
                 scalars = [(out * r).sum()]
             else:
                 scalars = [out[:, o].sum() for o in range(out.shape[1])]
+            # outputs="ggn": rows S_nᵀ J_n, Λ_n = S_n S_nᵀ at θ* (the factors G are mixed by S)
+            sqrt = (
+                loss_fn.hessian_sqrt(out.detach(), _ggn_target(loss_fn, y, out))
+                if outputs == "ggn"
+                else None
+            )
             # a layer applied more than once (shared weights) goes the explicit way
             present = [name for name in layers if calls.get(name) == 1]
             grads = [
@@ -233,6 +239,8 @@ def kernel_factors(
         w, b = f"{prefix}weight" in free, f"{prefix}bias" in free and module.bias is not None
         a = inputs[name].to(dtype)
         g = torch.stack([grads[o][i] for o in range(n_out)], 1).detach().to(dtype)
+        if sqrt is not None:
+            g = _mix_rows(g, sqrt)
         if isinstance(module, nn.Conv2d):
             explicit.append(_conv_rows(module, a, g, w, b))
         elif a.ndim > 2:
@@ -240,13 +248,27 @@ def kernel_factors(
         else:
             hadamard.append((a if w else None, g, b))
     if rest:
-        explicit.append(_explicit_rows(model, x, y, rest, outputs, loss).detach().to(dtype))
+        kind = "loss" if outputs == "loss" else "logits"
+        rows = _explicit_rows(model, x, y, rest, kind, loss).detach().to(dtype)
+        explicit.append(rows if sqrt is None else _mix_rows(rows, sqrt))
     return KernelFactors(
         n=n,
         n_outputs=n_out,
         hadamard=hadamard,
         explicit=torch.cat(explicit, -1) if explicit else None,
     )
+
+
+def _ggn_target(loss_fn, y: Tensor | None, out: Tensor) -> Tensor:
+    """Targets for Λ_n (the output Hessians of this library's losses do not read them)."""
+    if y is None:
+        return out.detach()
+    return loss_fn.prepare_target(y.to(out.device), out.shape[0], out.shape[1], out.dtype)
+
+
+def _mix_rows(rows: Tensor, sqrt: Tensor) -> Tensor:
+    """Rows (N, O, ...) of the logits' Jacobian to the GGN's rows S_nᵀ J_n: (N, C, ...)."""
+    return torch.einsum("no...,noc->nc...", rows, sqrt.to(rows.dtype))
 
 
 def _explicit_rows(

@@ -3,7 +3,11 @@
 Every sample θ* + α^{-1/2} 𝒫ε leaves the linearised network's outputs on the fitted
 training data unchanged, so the posterior cannot underfit. ``loss_projected=True``
 projects onto the null space of the per-example loss gradients instead (a superset of
-null(J), linear in P and independent of the number of outputs).
+null(J), linear in P and independent of the number of outputs). ``rows="ggn"`` projects
+onto the null space of the GGN JᵀΛJ, the rows S_nᵀJ_n with Λ_n = S_nS_nᵀ: for softmax a
+superset of null(J) by the per-example shifts of every logit alike, which leave the
+linearised training probabilities exactly unchanged; the residual ‖S ᵀJ𝒫ε‖/‖SᵀJε‖ is then
+measured in the GGN's norm, the one the training NLL's change (≈ ½δᵀJᵀΛJδ) is measured in.
 
 Usage, as laplace-torch users expect::
 
@@ -90,6 +94,7 @@ class ProjectedPosterior:
         *,
         solver: str = "auto",
         loss_projected: bool = False,
+        rows: str = "logits",
         prior_precision: float = 1.0,
         tol: float = 1e-3,
         param_names: str | Sequence[str] | None = None,
@@ -103,6 +108,10 @@ class ProjectedPosterior:
         (``max_iters`` 300, ``n_sweeps`` 100, ``projection_batch_size`` 16, ``nystrom_rank``
         2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6); each solver reads its own."""
         check_likelihood(likelihood)
+        if rows not in ("logits", "ggn"):
+            raise InputError(f"rows must be 'logits' or 'ggn', got {rows!r}")
+        if loss_projected and rows != "logits":
+            raise InputError("loss_projected=True projects the loss gradients; leave rows='logits'")
         if solver not in SOLVERS:
             raise InputError(f"unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
         known = set(SOLVER_OPTIONS)
@@ -131,6 +140,7 @@ class ProjectedPosterior:
         self.likelihood = likelihood
         self.solver = solver
         self.loss_projected = loss_projected
+        self.rows = rows
         self.prior_precision = self._check_precision(prior_precision)
         self.tuning: dict[str, Any] = {}  # how optimize_prior_precision chose α
         self.evidence_precision: float | None = None
@@ -173,7 +183,7 @@ class ProjectedPosterior:
         return DataJacobian(
             self.model,
             data,
-            outputs="loss" if self.loss_projected else "logits",
+            outputs="loss" if self.loss_projected else self.rows,
             loss=likelihood_loss(self.likelihood),
             param_names=self.param_names,
             chunk_size=self.chunk_size,
@@ -533,6 +543,7 @@ class ProjectedPosterior:
                 "likelihood": self.likelihood,
                 "solver": self.solver_used or self.solver,
                 "loss_projected": self.loss_projected,
+                "rows": self.rows,
                 "seed": self.seed,
             },
         }

@@ -1,0 +1,87 @@
+"""rows="ggn": the null space of the GGN JᵀΛJ, against dense autograd matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev
+
+import tacitbayes as tb
+from tacitbayes.curvature.data_jacobian import DataJacobian
+from tacitbayes.curvature.ntk import kernel_factors, ntk_gram
+from tacitbayes.errors import InputError
+from tacitbayes.functional import FunctionalModel, flatten, unflatten
+
+
+def _setup(n=8, width=12, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    torch.manual_seed(seed + 1)
+    model = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 10)).double()
+    with torch.no_grad():  # no probability near 0: Λ_n has rank O − 1 cleanly
+        model[2].weight.mul_(0.3)
+    return model, x, y, gen
+
+
+def _dense_ggn_rows(model, x):
+    """Rows S_nᵀ J_n with S_n S_nᵀ = Λ_n (any factor gives the same Gram and null space)."""
+    fmodel = FunctionalModel(model)
+    params = fmodel.params()
+    theta = flatten(params)
+    J = jacrev(lambda t: fmodel(unflatten(t, params), x))(theta)  # (N, O, P)
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)
+    lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    # a factor S_n S_nᵀ = Λ_n: column c is √p_c (e_c − p); 1ᵀ S_n = 0 exactly
+    root = (torch.eye(10, dtype=p.dtype) - p[:, :, None]) * p.sqrt()[:, None, :]
+    torch.testing.assert_close(root @ root.transpose(1, 2), lam)
+    return torch.einsum("nop,noc->ncp", J, root).reshape(-1, theta.numel()), J, lam
+
+
+def test_data_jacobian_ggn_rows_give_the_ggn_and_its_null_space() -> None:
+    model, x, y, _ = _setup()
+    rows, J, lam = _dense_ggn_rows(model, x)
+    jac = DataJacobian(model, [(x, y)], outputs="ggn")
+    dense = jac @ torch.eye(jac.shape[1], dtype=torch.float64)
+    ggn = torch.einsum("nop,noq,nqr->pr", J, lam, J)
+    torch.testing.assert_close(dense.T @ dense, ggn, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dense.T @ dense, rows.T @ rows, rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_factors_ggn_gram_equals_s_k_s() -> None:
+    model, x, y, _ = _setup()
+    factors = kernel_factors(model, x, y, outputs="ggn")
+    jac = DataJacobian(model, [(x, y)], outputs="ggn")
+    dense = jac @ torch.eye(jac.shape[1], dtype=torch.float64)
+    torch.testing.assert_close(ntk_gram([factors]), dense @ dense.T, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("solver", ["gram", "parameter", "nystrom", "krylov"])
+def test_projected_posterior_ggn_rows_equal_the_dense_ggn_projector(solver: str) -> None:
+    model, x, y, gen = _setup(n=8, width=12)  # P = 190 > N·O = 80
+    rows, J, _ = _dense_ggn_rows(model, x)
+    assert int(torch.linalg.matrix_rank(rows)) == 8 * 9  # N·(O − 1): one null row per example
+    projector = torch.eye(rows.shape[1], dtype=torch.float64) - torch.linalg.pinv(rows) @ rows
+    post = tb.ProjectedPosterior(model, rows="ggn", solver=solver, tol=1e-9, max_iters=800)
+    post.fit([(x, y)])
+    samples = post.projected_noise(3)
+    expected = projector @ post._eps[:, :3]
+    assert float((samples - expected).norm() / expected.norm()) <= 1e-6
+    # the linearised training probabilities are unchanged: J δ shifts each example's logits alike
+    shift = torch.einsum("nop,ps->nos", J, samples)
+    assert float((shift - shift.mean(1, keepdim=True)).abs().max()) <= 1e-6 * float(
+        shift.abs().max()
+    )
+    assert (
+        float(shift.abs().max()) > 1e-3
+    )  # and the shift itself is not zero (a superset of null J)
+
+
+def test_rows_is_checked() -> None:
+    model, *_ = _setup()
+    with pytest.raises(InputError, match="rows"):
+        tb.ProjectedPosterior(model, rows="hessian")
+    with pytest.raises(InputError, match="loss_projected"):
+        tb.ProjectedPosterior(model, rows="ggn", loss_projected=True)
