@@ -85,3 +85,44 @@ def test_rows_is_checked() -> None:
         tb.ProjectedPosterior(model, rows="hessian")
     with pytest.raises(InputError, match="loss_projected"):
         tb.ProjectedPosterior(model, rows="ggn", loss_projected=True)
+
+
+@pytest.mark.parametrize("rows", ["logits", "ggn"])
+def test_nystrom_minres_equals_the_dense_projector(rows: str) -> None:
+    """krylov="minres" minimises ‖J𝒫v‖ over each Krylov space; the projection is the same."""
+    model, x, y, _ = _setup(n=8, width=12)
+    dense_rows = _dense_ggn_rows(model, x)[0] if rows == "ggn" else None
+    if dense_rows is None:
+        jac = DataJacobian(model, [(x, y)])
+        dense_rows = jac @ torch.eye(jac.shape[1], dtype=torch.float64)
+    eye = torch.eye(dense_rows.shape[1], dtype=torch.float64)
+    projector = eye - torch.linalg.pinv(dense_rows) @ dense_rows
+    post = tb.ProjectedPosterior(
+        model, rows=rows, solver="nystrom", krylov="minres", tol=1e-9, max_iters=800
+    ).fit([(x, y)])
+    samples = post.projected_noise(3)
+    expected = projector @ post._eps[:, :3]
+    assert float((samples - expected).norm() / expected.norm()) <= 1e-6
+    assert post.infos[0].max_residual <= 1e-9
+
+
+def test_minres_with_a_row_inner_product_equals_the_plain_one() -> None:
+    """The sharded form (inner=) takes the same steps as the plain one on one process."""
+    from tacitbayes.linalg import minres
+
+    gen = torch.Generator().manual_seed(3)
+    root = torch.randn(30, 20, generator=gen, dtype=torch.float64)
+    A, B = root @ root.T, root @ torch.randn(20, 2, generator=gen, dtype=torch.float64)
+    plain, _ = minres(lambda v: A @ v, B, tol=1e-10, max_iters=100)
+    sharded, info = minres(
+        lambda v: A @ v, B, tol=1e-10, max_iters=100, inner=lambda a, b: (a * b).sum(0)
+    )
+    torch.testing.assert_close(sharded, plain)
+    torch.testing.assert_close(A @ plain, B, rtol=1e-8, atol=1e-8)
+    assert info.relative_residual_history[-1] <= 1e-10
+
+
+def test_krylov_is_checked() -> None:
+    model, *_ = _setup()
+    with pytest.raises(InputError, match="krylov"):
+        tb.ProjectedPosterior(model, krylov="gmres")

@@ -223,6 +223,7 @@ def minres(
     tol: float = 1e-6,
     max_iters: int | None = None,
     preconditioner: Operator | None = None,
+    inner: Inner | None = None,
 ) -> tuple[Tensor, KrylovInfo]:
     """Minimise ‖b − A x‖ over Krylov spaces for symmetric (possibly indefinite or singular) A.
 
@@ -230,9 +231,11 @@ def minres(
     on a singular A it returns the minimum-norm solution.  Column j stops when
     ‖r‖ ≤ tol·‖b‖ or ‖A r‖ ≤ tol·‖A‖·‖r‖ (a least-squares solution).  The
     preconditioner M must be SPD; residuals are then measured in the M-norm.
+    ``inner``: per-column inner products over rows split between processes, as in :func:`cg`.
     """
     _check_settings(tol, max_iters)
-    Bb, was_vector = _rhs_block(B)
+    _sharded_iters(max_iters, inner)
+    Bb, was_vector = _rhs_block(B, sharded=inner is not None)
     N, k = Bb.shape
     A = _Counted(matvec, "matvec", N)
     M = _Counted(preconditioner, "preconditioner", N) if preconditioner is not None else None
@@ -240,7 +243,7 @@ def minres(
     eps = torch.finfo(Bb.dtype).eps
 
     def m_norm(Rv: Tensor, Yv: Tensor) -> Tensor:
-        sq = (Rv * Yv).sum(0)
+        sq = _dots(Rv, Yv, inner)
         if bool((sq < 0).any()):
             raise InputError("the preconditioner of minres must be positive definite")
         return sq.sqrt()
@@ -258,6 +261,7 @@ def minres(
     active = beta1 > 0
     converged = ~active
     col_iters = torch.zeros(k, dtype=torch.int64, device=Bb.device)
+    history: list[float] = []
     it = 0
     while bool(active.any()) and it < max_iters:
         it += 1
@@ -265,7 +269,7 @@ def minres(
         y = A(V)
         if it >= 2:
             y = y - _safe_div(beta, oldb) * r1
-        alfa = (V * y).sum(0)
+        alfa = _dots(V, y, inner)
         y = y - _safe_div(alfa, beta) * r2
         r1, r2 = r2, y
         y = M(r2) if M is not None else r2
@@ -287,6 +291,7 @@ def minres(
         arnorm = torch.where(active, phibar * root, arnorm)
         phibar = phibar_new
         test1 = _safe_div(rnorm, beta1)
+        history.append(float(test1.max()) if k else 0.0)
         test2 = _safe_div(root, anorm)
         done = (test1 <= tol) | (test2 <= tol) | (1 + test1 <= 1) | (1 + test2 <= 1)
         converged = converged | (active & done)
@@ -300,6 +305,7 @@ def minres(
         normal_residual_norms=arnorm,
         operator_applications=A.calls,
         preconditioner_applications=M.calls if M is not None else 0,
+        relative_residual_history=history,
     )
     return _out(X, was_vector), info
 

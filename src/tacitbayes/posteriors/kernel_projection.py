@@ -51,7 +51,7 @@ from tacitbayes.curvature.data_jacobian import DataJacobian
 from tacitbayes.curvature.ntk import KernelFactors, kernel_factors, ntk_cross, ntk_diagonal
 from tacitbayes.distributed import all_gather_cat, all_reduce_
 from tacitbayes.errors import InputError
-from tacitbayes.linalg import cg
+from tacitbayes.linalg import cg, minres
 from tacitbayes.linalg.cholesky import JITTERS, jittered_cholesky
 from tacitbayes.posteriors.null_space import ProjectionInfo
 
@@ -67,6 +67,9 @@ __all__ = [
 ]
 
 JITTER = 1e-10
+
+#: The Krylov methods of :func:`nystrom_projection`.
+KRYLOV = {"cg": cg, "minres": minres}
 
 
 def _factors(
@@ -363,10 +366,14 @@ def nystrom_projection(
     max_iters: int = 300,
     progress: bool = False,
     solver: str = "nystrom",
+    krylov: str = "cg",
 ) -> tuple[Tensor, ProjectionInfo]:
-    """𝒫V = V − Jᵀ U, K U = J V by CG on the matrix-free K = J Jᵀ, preconditioned.
+    """𝒫V = V − Jᵀ U, K U = J V by CG (or MINRES) on the matrix-free K = J Jᵀ, preconditioned.
 
     ``solver`` names the preconditioner in the returned info (``nystrom``, ``gram_float32``).
+    ``krylov="minres"`` minimises the residual ‖JV − KU‖, which is the null-space residual
+    ‖J𝒫V‖ itself (in the preconditioner's norm), over each Krylov space; CG minimises
+    the K⁻¹-weighted error instead, which weighs the small eigenvalues of K most.
 
     Under torch.distributed U, the residuals and CG's vectors stay sharded (this rank's
     rows of the data space); an iteration all-reduces one P·k block and k-number sums.
@@ -389,7 +396,7 @@ def nystrom_projection(
     # CG aims at half the tolerance (its recurrence residual drifts from the true one);
     # the residual is then measured with the Jacobian and CG restarts on it if needed
     while True:
-        U, cg_info = cg(
+        U, cg_info = KRYLOV[krylov](
             kernel_product,
             R,
             tol=inner_tol,

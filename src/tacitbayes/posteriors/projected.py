@@ -51,6 +51,7 @@ from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.likelihoods import sample_predictive
 from tacitbayes.posteriors.contract import check_likelihood, likelihood_loss, tuning_method
+from tacitbayes.posteriors.kernel_projection import KRYLOV
 from tacitbayes.posteriors.laplace_api import check_prediction, closed_form_output
 from tacitbayes.posteriors.null_space import ProjectionInfo, null_space_residual
 from tacitbayes.posteriors.predictive import (
@@ -106,7 +107,8 @@ class ProjectedPosterior:
     ) -> None:
         """``solver_options``: the solvers' own settings, fields of :class:`SolverSettings`
         (``max_iters`` 300, ``n_sweeps`` 100, ``projection_batch_size`` 16, ``nystrom_rank``
-        2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6); each solver reads its own."""
+        2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6, ``krylov`` "cg" or "minres");
+        each solver reads its own."""
         check_likelihood(likelihood)
         if rows not in ("logits", "ggn"):
             raise InputError(f"rows must be 'logits' or 'ggn', got {rows!r}")
@@ -133,6 +135,11 @@ class ProjectedPosterior:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not tol > 0:
             raise InputError(f"tol must be positive, got {tol}")
+        if options["krylov"] not in KRYLOV:
+            raise InputError(
+                f"krylov must be one of {', '.join(KRYLOV)}, got {options['krylov']!r}"
+            )
+        self.krylov = options["krylov"]
         max_iters, n_sweeps = options["max_iters"], options["n_sweeps"]
         projection_batch_size, cutoff = options["projection_batch_size"], options["cutoff"]
         nystrom_rank, memory_budget = options["nystrom_rank"], options["memory_budget"]
@@ -199,6 +206,7 @@ class ProjectedPosterior:
             nystrom_rank=self.nystrom_rank,
             memory_budget=self.memory_budget,
             cutoff=self.cutoff,
+            krylov=self.krylov,
             seed=self.seed,
             progress=self.progress,
         )

@@ -42,6 +42,7 @@ class SolverSettings:
     nystrom_rank: int = 2000
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     cutoff: float = 1e-6
+    krylov: str = "cg"  # nystrom, gram_float32: "cg" or "minres" (minimises ‖J𝒫v‖ itself)
     seed: int = 0
     progress: bool = False
 

@@ -50,6 +50,7 @@ class NystromCG:
             max_iters=s.max_iters,
             progress=s.progress,
             solver=self.name,
+            krylov=s.krylov,
         )
 
 
