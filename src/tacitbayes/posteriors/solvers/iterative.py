@@ -37,7 +37,10 @@ class NystromCG:
             landmarks * jac.n_outputs,
         )
         gen = torch.Generator().manual_seed(settings.seed)
-        return cls(jac, nystrom_preconditioner(jac, max(1, rank), gen), settings)
+        # GGN rows carry in their norms the weighting the residual is measured in (Λ_n);
+        # a Jacobi scaling would undo it and let the confidently fitted examples dominate
+        jacobi = jac.outputs != "ggn"
+        return cls(jac, nystrom_preconditioner(jac, max(1, rank), gen, jacobi=jacobi), settings)
 
     def project(self, V: Tensor) -> tuple[Tensor, ProjectionInfo]:
         """𝒫V = V − Jᵀ U, K U = J V by preconditioned CG to ``tol`` (at most ``max_iters``)."""
