@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from tacitbayes.batches import Inputs, call_model, map_inputs, move_inputs, n_examples
+from tacitbayes.curvature.data_jacobian import OUTPUTS
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.errors import InputError
 from tacitbayes.functional import (
@@ -154,8 +155,8 @@ def kernel_factors(
     The explicit per-row gradients (Conv2d, sequence-Linear and other parameters) take
     N·O·P_explicit numbers; over ``max_explicit_bytes`` an InputError says so.
     """
-    if outputs not in ("logits", "loss", "ggn"):
-        raise InputError(f"outputs must be 'logits', 'loss' or 'ggn', got {outputs!r}")
+    if outputs not in OUTPUTS:
+        raise InputError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}")
     names = resolve_param_names(model, param_names)
     free = set(names)
     live = dict(model.named_parameters())

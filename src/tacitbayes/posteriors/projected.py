@@ -6,7 +6,7 @@ projects onto the null space of the per-example loss gradients instead (a supers
 null(J), linear in P and independent of the number of outputs). ``rows="ggn"`` projects
 onto the null space of the GGN JᵀΛJ, the rows S_nᵀJ_n with Λ_n = S_nS_nᵀ: for softmax a
 superset of null(J) by the per-example shifts of every logit alike, which leave the
-linearised training probabilities exactly unchanged; the residual ‖S ᵀJ𝒫ε‖/‖SᵀJε‖ is then
+linearised training probabilities exactly unchanged; the residual ‖SᵀJ𝒫ε‖/‖SᵀJε‖ is then
 measured in the GGN's norm, the one the training NLL's change (≈ ½δᵀJᵀΛJδ) is measured in.
 
 Usage, as laplace-torch users expect::
