@@ -10,7 +10,10 @@ GGN and null(J) the GGN's null space; for softmax it adds the direction that shi
 logit of an example alike, which leaves its probabilities unchanged).
 
 The data are streamed: every product iterates the loader again and holds one batch at
-a time (``cache=True`` keeps the batches, for solvers that visit them out of order). The
+a time (``cache=True`` keeps the batches, for solvers that visit them out of order).
+:meth:`DataJacobian.hold_factors` keeps the per-layer Jacobian factors of every batch
+instead, where they fit a memory budget: J V and Jᵀ U then run as a few large matrix
+products per layer (:mod:`tacitbayes.curvature.factor_products`), without the network. The
 loader is read through one :class:`tacitbayes.data_pass.DataPass`, so every product sees
 the same rows in the same order (a shuffling DataLoader is read in order; a loader whose
 batches change between passes is refused).
@@ -30,6 +33,7 @@ from this rank's rows, one P·k all-reduce) and ``row_inner`` / ``row_norms`` (k
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -37,9 +41,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from tacitbayes.batches import Batch, map_inputs, n_examples, read_batch, to_model
+from tacitbayes.batches import Batch, Inputs, map_inputs, n_examples, read_batch, to_model
+from tacitbayes.curvature.factor_products import FactorProducts
 from tacitbayes.curvature.losses import get_loss
+from tacitbayes.curvature.ntk import kernel_factors
 from tacitbayes.curvature.operators import (
+    OUTPUTS,
     Data,
     LinearOperator,
     _check_chunk,
@@ -57,9 +64,6 @@ from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
 
 __all__ = ["OUTPUTS", "DataJacobian"]
-
-#: The row kinds: the network's outputs, the per-example losses, the GGN's rows S_nᵀ J_n.
-OUTPUTS = ("logits", "loss", "ggn")
 
 
 class DataJacobian(LinearOperator):
@@ -86,6 +90,7 @@ class DataJacobian(LinearOperator):
         self.data = data_pass(data)  # one fixed order for every pass, this rank's shard
         self.distributed = is_distributed()
         self._cache: list[Batch] | None = [] if cache else None
+        self.factors: FactorProducts | None = None
         self.batch_rows: list[int] = []
         n_outputs = None
         first_example: Batch | None = None
@@ -243,6 +248,63 @@ class DataJacobian(LinearOperator):
             gram = torch.cat(cols, dim=1)
         return 0.5 * (gram + gram.T)
 
+    def _batch_factors(self, x: Inputs, y: Tensor, max_bytes: int = 2**62):
+        return kernel_factors(
+            self.fmodel.module,
+            x,
+            y,
+            outputs=self.outputs,
+            loss=self.loss_name,
+            param_names=list(self.params),
+            dtype=self.dtype,
+            max_explicit_bytes=max_bytes,
+        )
+
+    def factor_bytes(self) -> int:
+        """Bytes the per-layer factors of this rank's batches would take (from one example)."""
+        x, y = self.first_example
+        target = self.loss.prepare_target(y, 1, self.network_outputs, self.dtype)
+        one = FactorProducts([self._batch_factors(x, target)], self._sizes())
+        return one.nbytes() * (self.local_row_count // self.n_outputs)
+
+    def _sizes(self) -> dict[str, int]:
+        return {name: t.numel() for name, t in self.params.items()}
+
+    def hold_factors(self, max_bytes: int) -> bool:
+        """Keep every batch's per-layer factors when they fit ``max_bytes``; J V, Jᵀ U then use them.
+
+        One pass over the data at θ*. The factor products are checked against autograd's
+        on the first batch; a model they do not describe (a RuntimeWarning says so) keeps
+        the autograd products. Returns whether the factors are held.
+        """
+        if self.factors is not None:
+            return True
+        try:
+            if self.factor_bytes() > max_bytes:
+                return False
+            factors = FactorProducts(
+                [self._batch_factors(x, y) for x, y in self.iter_batches()], self._sizes()
+            )
+        except InputError:
+            return False
+        first = next(iter(self.iter_batches()))
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        v = torch.randn(self.shape[1], 2, generator=gen).to(self.device, self.dtype)
+        want = self.batch_matmat(first, v)
+        got = factors.matmat(v)[0]
+        tol = 1e-4 if self.dtype == torch.float32 else 1e-8
+        if float((got - want).norm()) > tol * max(float(want.norm()), 1e-30):
+            warnings.warn(
+                "the per-layer Jacobian factors do not reproduce this model's Jacobian "
+                "(a layer used in a way the factors do not describe); products stay "
+                "with autograd",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
+        self.factors = factors
+        return True
+
     @property
     def local_row_count(self) -> int:
         """Rows of J this rank owns (all of them with one process)."""
@@ -250,13 +312,18 @@ class DataJacobian(LinearOperator):
 
     def local_matmat(self, V: Tensor) -> Tensor:
         """This rank's rows of J V, in its batch order: (P, k) -> (local rows, k); no communication."""
-        parts = [self.batch_matmat(b, V) for b in self.iter_batches()]
+        if self.factors is not None:
+            parts = self.factors.matmat(V)
+        else:
+            parts = [self.batch_matmat(b, V) for b in self.iter_batches()]
         return torch.cat(parts) if parts else V.new_zeros(0, V.shape[1])
 
     def local_rmatmat(self, U: Tensor) -> Tensor:
         """Jᵀ U = Σ_ranks J_rᵀ U_r from this rank's rows U_r: (local rows, k) -> (P, k), all-reduced."""
         if U.shape[0] != self.local_row_count:
             raise InputError(f"U must have {self.local_row_count} rows here, got {U.shape[0]}")
+        if self.factors is not None:
+            return all_reduce_(self.factors.rmatmat(torch.split(U, self.batch_rows)))
         out = torch.zeros(self.shape[1], U.shape[1], dtype=self.dtype, device=self.device)
         start = 0
         for b, rows in zip(self.iter_batches(), self.batch_rows, strict=True):

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from tacitbayes.batches import Inputs, call_model, map_inputs, move_inputs, n_examples
-from tacitbayes.curvature.data_jacobian import OUTPUTS
 from tacitbayes.curvature.losses import get_loss
+from tacitbayes.curvature.operators import OUTPUTS
 from tacitbayes.errors import InputError
 from tacitbayes.functional import (
     eval_mode,
@@ -54,12 +54,17 @@ class KernelFactors:
 
     ``hadamard``: (A, G, with_bias) triples, A of shape (N, d_in) or None (bias only),
     G of shape (N, O, d_out); ``explicit``: the remaining Jacobian columns, (N, O, P_e).
+    ``hadamard_names``: the (weight, bias) parameter names of each triple (None where not
+    free); ``explicit_names``: the parameters whose flattened columns ``explicit`` holds,
+    in order (both None for factors merged from several models' layouts).
     """
 
     n: int
     n_outputs: int
     hadamard: list[tuple[Tensor | None, Tensor, bool]]
     explicit: Tensor | None
+    hadamard_names: list[tuple[str | None, str | None]] | None = None
+    explicit_names: list[str] | None = None
 
     def nbytes(self) -> int:
         """Memory held by the factors."""
@@ -233,22 +238,29 @@ def kernel_factors(
             "use smaller batches, or solver='krylov', which never forms them"
         )
     hadamard: list[tuple[Tensor | None, Tensor, bool]] = []
+    hadamard_names: list[tuple[str | None, str | None]] = []
     explicit: list[Tensor] = []
+    explicit_names: list[str] = []
     for i, name in enumerate(present):
         module = layers[name]
         prefix = f"{name}." if name else ""
         w, b = f"{prefix}weight" in free, f"{prefix}bias" in free and module.bias is not None
+        names_wb = (f"{prefix}weight" if w else None, f"{prefix}bias" if b else None)
         a = inputs[name].to(dtype)
         g = torch.stack([grads[o][i] for o in range(n_out)], 1).detach().to(dtype)
         if sqrt is not None:
             g = _mix_rows(g, sqrt)
         if isinstance(module, nn.Conv2d):
             explicit.append(_conv_rows(module, a, g, w, b))
+            explicit_names += [n for n in names_wb if n is not None]
         elif a.ndim > 2:
             explicit.append(_sequence_rows(a, g, w, b))
+            explicit_names += [n for n in names_wb if n is not None]
         else:
             hadamard.append((a if w else None, g, b))
+            hadamard_names.append(names_wb)
     if rest:
+        explicit_names += rest
         kind = "loss" if outputs == "loss" else "logits"
         rows = _explicit_rows(model, x, y, rest, kind, loss).detach().to(dtype)
         explicit.append(rows if sqrt is None else _mix_rows(rows, sqrt))
@@ -257,6 +269,8 @@ def kernel_factors(
         n_outputs=n_out,
         hadamard=hadamard,
         explicit=torch.cat(explicit, -1) if explicit else None,
+        hadamard_names=hadamard_names,
+        explicit_names=explicit_names,
     )
 
 

@@ -45,9 +45,21 @@ from tacitbayes.distributed import all_reduce_, all_reduce_float
 from tacitbayes.errors import InputError
 from tacitbayes.functional import FunctionalModel, flatten, unflatten
 
-__all__ = ["GGN", "DenseOperator", "Hessian", "Jacobian", "LinearOperator", "ggn_diagonal"]
+__all__ = [
+    "GGN",
+    "OUTPUTS",
+    "DenseOperator",
+    "Hessian",
+    "Jacobian",
+    "LinearOperator",
+    "ggn_diagonal",
+]
 
 Data = Batch | Iterable[Any]
+
+#: The row kinds of a data Jacobian: the network's outputs, the per-example losses, the
+#: GGN's rows S_nᵀ J_n.
+OUTPUTS = ("logits", "loss", "ggn")
 
 
 # --------------------------------------------------------------------------- base class
