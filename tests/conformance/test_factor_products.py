@@ -94,3 +94,42 @@ def test_a_model_the_factors_do_not_describe_keeps_autograd() -> None:
     assert jac.factors is None
     V = torch.randn(jac.shape[1], 2, dtype=torch.float64)
     torch.testing.assert_close(jac.local_matmat(V), plain.local_matmat(V))
+
+
+@pytest.mark.parametrize("solver", ["krylov", "nystrom"])
+def test_projected_posterior_on_factor_products_equals_the_dense_projector(solver: str) -> None:
+    import tacitbayes as tb
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,), generator=gen)
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Linear(12, 10)).double()
+    with torch.no_grad():
+        model[2].weight.mul_(0.3)
+    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    dense = DataJacobian(model, data, outputs="ggn") @ torch.eye(190, dtype=torch.float64)
+    projector = torch.eye(190, dtype=torch.float64) - torch.linalg.pinv(dense) @ dense
+    post = tb.ProjectedPosterior(
+        model, rows="ggn", solver=solver, tol=1e-9, max_iters=800, products="factors"
+    ).fit(data)
+    assert post._jac.factors is not None
+    eps = torch.randn(190, 3, generator=gen, dtype=torch.float64)
+    got, _ = post.project(eps)
+    torch.testing.assert_close(got, projector @ eps, rtol=1e-6, atol=1e-6)
+
+
+def test_projected_posterior_products_option_is_checked() -> None:
+    import tacitbayes as tb
+    from tacitbayes.errors import InputError
+
+    c = case("mlp")
+    with pytest.raises(InputError, match="products must be one of"):
+        tb.ProjectedPosterior(c.fresh_model(), products="fast")
+    post = tb.ProjectedPosterior(c.fresh_model(), products="factors", memory_budget=1000)
+    with pytest.raises(InputError, match="over memory_budget"):
+        post.fit(LOADERS["dataloader"].make(c))
+    auto = tb.ProjectedPosterior(c.fresh_model(), memory_budget=1000).fit(
+        LOADERS["dataloader"].make(c)
+    )
+    assert auto._jac.factors is None  # over the budget: autograd, as "auto" allows

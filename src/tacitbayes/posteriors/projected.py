@@ -59,13 +59,14 @@ from tacitbayes.posteriors.predictive import (
     validation_nll,
 )
 from tacitbayes.posteriors.solvers import (
-    SOLVERS as SOLVER_CLASSES,
-)
-from tacitbayes.posteriors.solvers import (
+    PRODUCTS,
     NullSpaceSolver,
     SolverSettings,
     auto_chain,
     build_solver,
+)
+from tacitbayes.posteriors.solvers import (
+    SOLVERS as SOLVER_CLASSES,
 )
 from tacitbayes.posteriors.solvers.gram import GramProjection
 from tacitbayes.posteriors.solvers.parameter import ParameterProjection
@@ -107,8 +108,10 @@ class ProjectedPosterior:
     ) -> None:
         """``solver_options``: the solvers' own settings, fields of :class:`SolverSettings`
         (``max_iters`` 300, ``n_sweeps`` 100, ``projection_batch_size`` 16, ``nystrom_rank``
-        2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6, ``krylov`` "cg" or "minres");
-        each solver reads its own."""
+        2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6, ``krylov`` "cg" or "minres",
+        ``products`` "auto", "factors" or "autograd": J V and Jᵀ U from per-layer factors
+        held in memory, where they fit ``memory_budget`` with "auto"); each solver reads
+        its own."""
         check_likelihood(likelihood)
         if rows not in ("logits", "ggn"):
             raise InputError(f"rows must be 'logits' or 'ggn', got {rows!r}")
@@ -139,7 +142,11 @@ class ProjectedPosterior:
             raise InputError(
                 f"krylov must be one of {', '.join(KRYLOV)}, got {options['krylov']!r}"
             )
-        self.krylov = options["krylov"]
+        if options["products"] not in PRODUCTS:
+            raise InputError(
+                f"products must be one of {', '.join(PRODUCTS)}, got {options['products']!r}"
+            )
+        self.krylov, self.products = options["krylov"], options["products"]
         max_iters, n_sweeps = options["max_iters"], options["n_sweeps"]
         projection_batch_size, cutoff = options["projection_batch_size"], options["cutoff"]
         nystrom_rank, memory_budget = options["nystrom_rank"], options["memory_budget"]
@@ -207,6 +214,7 @@ class ProjectedPosterior:
             memory_budget=self.memory_budget,
             cutoff=self.cutoff,
             krylov=self.krylov,
+            products=self.products,
             seed=self.seed,
             progress=self.progress,
         )
@@ -225,6 +233,7 @@ class ProjectedPosterior:
         self._jac = self._jacobian(DataPass(train_loader, what="train_loader"))
         self._theta = self._jac.params_flat()
         settings = self._settings()
+        self._hold_factors(self._jac)
         self._chain = [self.solver] if self.solver != "auto" else auto_chain(self._jac, settings)
         self._solver = build_solver(self._chain[0], self._jac, settings)
         self.solver_used = self._solver.name
@@ -235,6 +244,18 @@ class ProjectedPosterior:
             self.sigma_noise = None  # re-estimated for these data at first use
         self.setup_seconds = time.perf_counter() - start
         return self
+
+    def _hold_factors(self, jac: DataJacobian) -> None:
+        """Per-layer factors for the products, as ``products`` asks (InputError where they cannot be)."""
+        if self.products == "autograd":
+            return
+        if not jac.hold_factors(self.memory_budget) and self.products == "factors":
+            raise InputError(
+                f"products='factors': the per-layer factors need "
+                f"{jac.factor_bytes() / 2**30:.1f} GiB, over memory_budget "
+                f"({self.memory_budget / 2**30:.1f} GiB), or do not describe this model; "
+                "use products='autograd'"
+            )
 
     @property
     def n_params(self) -> int:

@@ -23,6 +23,7 @@ from tacitbayes.posteriors.kernel_cholesky import float32_gram_bytes
 from tacitbayes.posteriors.solvers.alternating import AlternatingProjection
 from tacitbayes.posteriors.solvers.base import (
     DEFAULT_MEMORY_BUDGET,
+    PRODUCTS,
     NullSpaceSolver,
     SolverSettings,
 )
@@ -32,6 +33,7 @@ from tacitbayes.posteriors.solvers.parameter import ParameterProjection, paramet
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "PRODUCTS",
     "SOLVERS",
     "NullSpaceSolver",
     "SolverSettings",

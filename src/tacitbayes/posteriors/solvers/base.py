@@ -22,6 +22,7 @@ from tacitbayes.posteriors.null_space import ProjectionInfo
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "PRODUCTS",
     "NullSpaceSolver",
     "SolverSettings",
     "check_budget",
@@ -29,6 +30,11 @@ __all__ = [
 ]
 
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for a solver's matrices
+
+#: How J V and Jᵀ U are computed: from the per-layer factors held in memory
+#: (:meth:`DataJacobian.hold_factors`), by autograd's JVPs and VJPs, or factors where they
+#: fit ``memory_budget`` (``auto``).
+PRODUCTS = ("auto", "factors", "autograd")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class SolverSettings:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     cutoff: float = 1e-6
     krylov: str = "cg"  # nystrom, gram_float32: "cg" or "minres" (minimises ‖J𝒫v‖ itself)
+    products: str = "auto"  # J V, Jᵀ U: "factors" (held per-layer factors), "autograd", "auto"
     seed: int = 0
     progress: bool = False
 
