@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tacitbayes.experiments.compare.run import CompareSettings, run_compare
+import torch
+
+from tacitbayes import metrics
+from tacitbayes.data import load_dataset
+from tacitbayes.experiments.compare.run import CompareSettings, _load_weights, run_compare
+from tacitbayes.models import build_model
 
 
 def test_projected_methods_in_compare(tmp_path: Path) -> None:
@@ -33,6 +38,22 @@ def test_projected_methods_in_compare(tmp_path: Path) -> None:
         assert row["map_distance"] > 0
     assert "ood_auroc_mi" not in saved["methods"]["map"]  # MAP has no samples
     assert saved["methods"]["map"]["map_distance"] == 0
+    # the training-set figures of every method, against MAP's own recomputed here
+    data = load_dataset("digits", n_train=300)
+    model = build_model("mlp", data.input_shape, data.n_classes, width=32)
+    _load_weights(model, str(tmp_path / "run" / "map.pt"))
+    model.eval()
+    x, y = data.train.tensors
+    with torch.no_grad():
+        p_map = torch.softmax(model(x), -1).double()
+    assert abs(saved["methods"]["map"]["train_nll"] - metrics.nll(p_map, y)) < 1e-6
+    assert saved["methods"]["map"]["train_map_distance"] == 0
+    # the null-space posterior keeps MAP's training predictions; the loss-gradient one need not
+    row, map_row = saved["methods"]["projected"], saved["methods"]["map"]
+    assert 0 < row["train_map_distance"] < 1e-3
+    assert abs(row["train_nll"] - map_row["train_nll"]) < 1e-3
+    assert row["train_accuracy"] == map_row["train_accuracy"]
+    assert saved["methods"]["loss_projected"]["train_map_distance"] > 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Verdicts" in report and "**projected**" in report and "variance" in report
     assert (

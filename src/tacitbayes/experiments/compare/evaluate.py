@@ -58,6 +58,16 @@ def sample_effect(logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mixture - single).abs().sum(-1)
 
 
+def evaluate_train(
+    predictor: Predictor, data: DataBundle, batch_size: int = 500
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Training-set NLL and accuracy of the predictive (does it keep what MAP fitted?), and its probabilities."""
+    x_train, y_train = data.train.tensors
+    probs = predict_dataset(predictor, x_train, batch_size)
+    y = y_train.cpu()
+    return {"train_nll": metrics.nll(probs, y), "train_accuracy": metrics.accuracy(probs, y)}, probs
+
+
 def evaluate_predictor(
     predictor: Predictor, data: DataBundle, batch_size: int = 500
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

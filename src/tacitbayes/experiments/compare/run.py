@@ -18,7 +18,7 @@ from tacitbayes.checkpoints import load_checkpoint, model_weights
 from tacitbayes.data import DataBundle, load_dataset
 from tacitbayes.devices import check_device
 from tacitbayes.errors import InputError
-from tacitbayes.experiments.compare.evaluate import evaluate_predictor
+from tacitbayes.experiments.compare.evaluate import evaluate_predictor, evaluate_train
 from tacitbayes.experiments.compare.registry import FitContext, available_methods, get_method
 from tacitbayes.experiments.compare.report import format_table, search_notes, write_outputs
 from tacitbayes.experiments.compare.verdicts import map_distance
@@ -165,6 +165,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
     )
     methods: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, torch.Tensor]] = {}
+    train_probs: dict[str, torch.Tensor] = {}
     for name, factory in tqdm(
         factories, desc="methods", disable=not settings.progress or None, leave=False
     ):
@@ -173,6 +174,8 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
         predictor = factory(ctx)
         fit_seconds = time.perf_counter() - start
         row, arrays[name] = evaluate_predictor(predictor, data)
+        train_row, train_probs[name] = evaluate_train(predictor, data)
+        row.update(train_row)
         row["fit_seconds"] = train_seconds if name == "map" else fit_seconds
         row.update(predictor.info)
         if name == "map" and step_seconds > 0:
@@ -184,6 +187,7 @@ def _run(settings: CompareSettings) -> dict[str, Any]:
     if "map" in arrays:
         for name, row in methods.items():
             row["map_distance"] = map_distance(arrays[name]["test"], arrays["map"]["test"])
+            row["train_map_distance"] = map_distance(train_probs[name], train_probs["map"])
     results = {
         "dataset": data.name,
         "model": settings.model,
