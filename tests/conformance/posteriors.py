@@ -211,6 +211,7 @@ POSTERIORS = {
         PosteriorSpec("laplace-last_layer", laplace("last_layer")),
         PosteriorSpec("projected-gram", projected("gram")),
         PosteriorSpec("projected-nystrom", projected("nystrom")),
+        PosteriorSpec("projected-block", projected("block")),
         PosteriorSpec("loss-projected", projected(loss_projected=True)),
         PosteriorSpec("variational", variational, trains=True),
         PosteriorSpec("ibvi", ibvi, trains=True),

@@ -58,7 +58,7 @@ def test_kernel_factors_ggn_gram_equals_s_k_s() -> None:
     torch.testing.assert_close(ntk_gram([factors]), dense @ dense.T, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("solver", ["gram", "parameter", "nystrom", "krylov"])
+@pytest.mark.parametrize("solver", ["gram", "parameter", "nystrom", "block", "krylov"])
 def test_projected_posterior_ggn_rows_equal_the_dense_ggn_projector(solver: str) -> None:
     model, x, y, gen = _setup(n=8, width=12)  # P = 190 > N·O = 80
     rows, J, _ = _dense_ggn_rows(model, x)

@@ -68,6 +68,7 @@ def _dense_loss_projector(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
         ("gram", {"tol": 1e-12}),
         ("gram_float32", {"tol": 1e-12}),
         ("nystrom", {"tol": 1e-12, "nystrom_rank": 9}),
+        ("block", {"tol": 1e-12}),
         ("krylov", {"tol": 1e-12, "max_iters": 500}),
         ("alternating", {"tol": 1e-12, "n_sweeps": 200}),
     ],
@@ -101,7 +102,7 @@ def test_auto_solver_follows_the_memory_budget() -> None:
     small = ProjectedPosterior(model, memory_budget=2 * 8 * rows * rows - 1).fit(_loader(x, y))
     assert small.solver_used == "gram_float32"  # 4·rows² bytes and the float32 factors fit
     smaller = ProjectedPosterior(model, memory_budget=4 * rows * rows).fit(_loader(x, y))
-    assert smaller.solver_used == "nystrom"
+    assert smaller.solver_used == "block"
     with pytest.raises(InputError, match="memory_budget"):
         ProjectedPosterior(model, solver="gram_float32", memory_budget=1000).fit(_loader(x, y))
     with pytest.raises(InputError, match="memory_budget"):
@@ -159,7 +160,7 @@ class CountingLoader:
             yield self._track(self.x[i : i + self.size].clone()), self.y[i : i + self.size]
 
 
-@pytest.mark.parametrize("solver", ["gram", "nystrom", "krylov"])
+@pytest.mark.parametrize("solver", ["gram", "nystrom", "block", "krylov"])
 def test_streaming_fit_equals_in_memory_fit_and_holds_few_batches(solver: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 3)).to(DT)

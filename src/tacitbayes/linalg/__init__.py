@@ -7,6 +7,7 @@ Vec convention throughout: ``(A ⊗ B) vec(W) = vec(A W Bᵀ)`` with row-major
 
 from __future__ import annotations
 
+from tacitbayes.linalg.block_krylov import block_minres
 from tacitbayes.linalg.kronecker import KroneckerProduct, KroneckerProductSum, nearest_kronecker
 from tacitbayes.linalg.krylov import KrylovInfo, cg, lsqr, minres
 
@@ -14,6 +15,7 @@ __all__ = [
     "KroneckerProduct",
     "KroneckerProductSum",
     "KrylovInfo",
+    "block_minres",
     "cg",
     "lsqr",
     "minres",

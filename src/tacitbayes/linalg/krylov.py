@@ -57,7 +57,7 @@ class KrylovInfo:
     """LSQR and CG: max over columns of ‖b − A x‖/‖b‖ after each iteration (recurrences)."""
 
 
-class _Counted:
+class CountedOperator:
     """Wrap an operator as a function on blocks, checking its output and counting its calls."""
 
     def __init__(self, op: Operator, name: str, out_rows: int | None) -> None:
@@ -84,7 +84,7 @@ class _Counted:
         return out
 
 
-def _rhs_block(B: object, sharded: bool = False) -> tuple[Tensor, bool]:
+def rhs_block(B: object, sharded: bool = False) -> tuple[Tensor, bool]:
     """Check a right-hand side (N,) or (N, k) of float32/float64 and return it as a block.
 
     A shard (``sharded``) may hold no rows: its process still joins every reduction.
@@ -101,7 +101,7 @@ def _rhs_block(B: object, sharded: bool = False) -> tuple[Tensor, bool]:
     return (B.unsqueeze(1), True) if B.ndim == 1 else (B, False)
 
 
-def _check_settings(tol: float, max_iters: int | None) -> None:
+def check_krylov_settings(tol: float, max_iters: int | None) -> None:
     if not tol >= 0:
         raise InputError(f"tol must be non-negative, got {tol}")
     if max_iters is not None and (isinstance(max_iters, bool) or max_iters < 0):
@@ -154,12 +154,12 @@ def cg(
     vector of the recurrence) are split over processes: each process passes its rows and
     ``inner`` sums over them, so every process takes the same decisions.
     """
-    _check_settings(tol, max_iters)
+    check_krylov_settings(tol, max_iters)
     _sharded_iters(max_iters, inner)
-    Bb, was_vector = _rhs_block(B, sharded=inner is not None)
+    Bb, was_vector = rhs_block(B, sharded=inner is not None)
     N, k = Bb.shape
-    A = _Counted(matvec, "matvec", N)
-    M = _Counted(preconditioner, "preconditioner", N) if preconditioner is not None else None
+    A = CountedOperator(matvec, "matvec", N)
+    M = CountedOperator(preconditioner, "preconditioner", N) if preconditioner is not None else None
     max_iters = 10 * N if max_iters is None else max_iters
     if x0 is None:
         X, R = torch.zeros_like(Bb), Bb.clone()
@@ -233,12 +233,12 @@ def minres(
     preconditioner M must be SPD; residuals are then measured in the M-norm.
     ``inner``: per-column inner products over rows split between processes, as in :func:`cg`.
     """
-    _check_settings(tol, max_iters)
+    check_krylov_settings(tol, max_iters)
     _sharded_iters(max_iters, inner)
-    Bb, was_vector = _rhs_block(B, sharded=inner is not None)
+    Bb, was_vector = rhs_block(B, sharded=inner is not None)
     N, k = Bb.shape
-    A = _Counted(matvec, "matvec", N)
-    M = _Counted(preconditioner, "preconditioner", N) if preconditioner is not None else None
+    A = CountedOperator(matvec, "matvec", N)
+    M = CountedOperator(preconditioner, "preconditioner", N) if preconditioner is not None else None
     max_iters = 10 * N if max_iters is None else max_iters
     eps = torch.finfo(Bb.dtype).eps
 
@@ -335,14 +335,14 @@ def lsqr(
     process passes its rows of b, ``A_matvec`` returns its rows, ``AT_matvec`` sums over
     processes, and the parameter-space (P-side) vectors are replicated.
     """
-    _check_settings(tol, max_iters)
+    check_krylov_settings(tol, max_iters)
     _sharded_iters(max_iters, inner)
     if not damp >= 0:
         raise InputError(f"damp must be non-negative, got {damp}")
-    Bb, was_vector = _rhs_block(B, sharded=inner is not None)
+    Bb, was_vector = rhs_block(B, sharded=inner is not None)
     N, k = Bb.shape
-    A = _Counted(A_matvec, "A_matvec", N)
-    AT = _Counted(AT_matvec, "AT_matvec", None)
+    A = CountedOperator(A_matvec, "A_matvec", N)
+    AT = CountedOperator(AT_matvec, "AT_matvec", None)
     zeros = torch.zeros(k, dtype=Bb.dtype, device=Bb.device)
     one = torch.ones_like(zeros)
 
