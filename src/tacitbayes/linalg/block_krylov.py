@@ -120,7 +120,7 @@ def block_minres(
             H = _hessenberg(columns, sizes + [Qn.shape[1]], Bb.device)
             E = torch.zeros(H.shape[0], k, dtype=torch.float64, device=Bb.device)
             E[: R0.shape[0]] = R0.to(torch.float64)
-            Y = torch.linalg.lstsq(H, E).solution
+            Y = torch.linalg.lstsq(H, E, driver="gels").solution  # QR: no rank decisions
             res = torch.linalg.vector_norm(E - H @ Y, dim=0) / b_norm.clamp_min(1e-300)
             res = torch.where(b_norm > 0, res, torch.zeros_like(res))
             history.append(float(res.max()))
