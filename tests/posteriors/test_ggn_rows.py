@@ -126,3 +126,33 @@ def test_krylov_is_checked() -> None:
     model, *_ = _setup()
     with pytest.raises(InputError, match="krylov"):
         tb.ProjectedPosterior(model, krylov="gmres")
+
+
+def test_nll_tol_sets_the_residual_from_the_ggn_trace_and_the_evidence_precision() -> None:
+    model, x, y, _ = _setup(n=8)
+    rows, _, _ = _dense_ggn_rows(model, x)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    alpha = min(8 * 9, theta.numel()) / float(theta.pow(2).sum())  # rank bound N(O − 1)
+    trace = float(rows.pow(2).sum())
+    for products in ("factors", "autograd"):  # exact trace / Hutchinson estimate
+        post = tb.ProjectedPosterior(
+            model, rows="ggn", solver="block", nll_tol=1e-3, tol=1e-9, products=products
+        ).fit([(x, y)])
+        want = (2 * 8 * alpha * 1e-3 / trace) ** 0.5
+        rel = 1e-9 if products == "factors" else 0.7  # 4 Hutchinson probes
+        assert abs(post.effective_tol - want) <= rel * want
+        post.projected_noise(4)
+        assert post.infos[0].max_residual <= post.effective_tol
+        # the projection stopped early: the predicted per-sample NLL change is within nll_tol
+        eps, proj = post._eps[:, :4], post.projected_noise(4)
+        moved = (rows @ proj).pow(2).sum(0) / (2 * 8 * alpha)
+        full = (rows @ eps).pow(2).sum(0) / (2 * 8 * alpha)
+        assert float(moved.max()) <= 1e-3 * float(full.max() / full.mean()) * 1.01
+
+
+def test_nll_tol_needs_ggn_rows() -> None:
+    model, _, _, _ = _setup()
+    with pytest.raises(InputError, match="nll_tol needs rows='ggn'"):
+        tb.ProjectedPosterior(model, nll_tol=1e-3)
+    with pytest.raises(InputError, match="nll_tol must be a positive number"):
+        tb.ProjectedPosterior(model, rows="ggn", nll_tol=0.0)

@@ -87,6 +87,17 @@ class FactorProducts:
             total += sum(t.numel() * t.element_size() for t in parts)
         return total
 
+    def row_square_sum(self) -> float:
+        """Σ over rows of ‖J_(n,o)‖² = tr(JᵀJ): Σ_l (‖a_n‖² + b) ‖g_no‖² + ‖R_no‖² over this rank's rows."""
+        total = 0.0
+        for f in self.factors:
+            for a, g, bias in f.hadamard:
+                aa = g.new_zeros(f.n) if a is None else a.pow(2).sum(-1)
+                total += float(((aa + (1.0 if bias else 0.0)) * g.pow(2).sum((1, 2))).sum())
+            if f.explicit is not None:
+                total += float(f.explicit.pow(2).sum())
+        return total
+
     def matmat(self, V: Tensor) -> list[Tensor]:
         """J_b V for every batch b: (P, k) -> [(N_b·O, k)], (J V)_n = Σ_l G_n (V_W a_n + v_b) + R_n V_e."""
         k = V.shape[1]

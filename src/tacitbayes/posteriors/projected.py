@@ -56,6 +56,7 @@ from tacitbayes.likelihoods import sample_predictive
 from tacitbayes.posteriors.contract import check_likelihood, likelihood_loss, tuning_method
 from tacitbayes.posteriors.kernel_projection import KRYLOV
 from tacitbayes.posteriors.laplace_api import check_prediction, closed_form_output
+from tacitbayes.posteriors.nll_tolerance import residual_for_nll, row_rank_bound
 from tacitbayes.posteriors.null_space import ProjectionInfo, null_space_residual
 from tacitbayes.posteriors.predictive import (
     sample_logits,
@@ -104,6 +105,7 @@ class ProjectedPosterior:
         rows: str = "logits",
         prior_precision: float = 1.0,
         tol: float = 1e-3,
+        nll_tol: float | None = None,
         param_names: str | Sequence[str] | None = None,
         chunk_size: int | None = None,
         seed: int = 0,
@@ -116,7 +118,11 @@ class ProjectedPosterior:
         2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6, ``krylov`` "cg" or "minres",
         ``products`` "auto", "factors" or "autograd": J V and Jᵀ U from per-layer factors
         held in memory, where they fit ``memory_budget`` with "auto"); each solver reads
-        its own."""
+        its own. ``nll_tol`` (rows="ggn", classification or binary): stop the projection
+        at the loosest residual whose second-order training-NLL change per sample,
+        r²·tr(JᵀΛJ)/(2Nα) with α the evidence precision, is at most ``nll_tol``
+        (:mod:`tacitbayes.posteriors.nll_tolerance`), or at ``tol`` if that is looser;
+        the residual used is ``effective_tol``."""
         check_likelihood(likelihood)
         if rows not in ("logits", "ggn"):
             raise InputError(f"rows must be 'logits' or 'ggn', got {rows!r}")
@@ -143,6 +149,16 @@ class ProjectedPosterior:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not tol > 0:
             raise InputError(f"tol must be positive, got {tol}")
+        if nll_tol is not None:
+            if not (0 < float(nll_tol) < math.inf):
+                raise InputError(f"nll_tol must be a positive number, got {nll_tol!r}")
+            if rows != "ggn" or likelihood == "regression":
+                raise InputError(
+                    "nll_tol needs rows='ggn' with a classification or binary likelihood "
+                    "(the residual is then measured in the norm the training NLL moves in)"
+                )
+        self.nll_tol = None if nll_tol is None else float(nll_tol)
+        self.effective_tol = tol
         if options["krylov"] not in KRYLOV:
             raise InputError(
                 f"krylov must be one of {', '.join(KRYLOV)}, got {options['krylov']!r}"
@@ -237,8 +253,13 @@ class ProjectedPosterior:
             raise InputError("solver='alternating' does not run under torch.distributed yet")
         self._jac = self._jacobian(DataPass(train_loader, what="train_loader"))
         self._theta = self._jac.params_flat()
-        settings = self._settings()
         self._hold_factors(self._jac)
+        self.effective_tol = self.tol
+        if self.nll_tol is not None:  # the loosest residual that keeps the training NLL
+            bound = row_rank_bound(self._jac, softmax_ggn=self.likelihood == "classification")
+            alpha = max(bound, 1) / float(self._theta.pow(2).sum())
+            self.effective_tol = max(self.tol, residual_for_nll(self._jac, alpha, self.nll_tol))
+        settings = dataclasses.replace(self._settings(), tol=self.effective_tol)
         self._chain = [self.solver] if self.solver != "auto" else auto_chain(self._jac, settings)
         self._solver = build_solver(self._chain[0], self._jac, settings)
         self.solver_used = self._solver.name
@@ -292,16 +313,17 @@ class ProjectedPosterior:
         if self._solver is None:
             raise NotFittedError(NOT_FITTED)
         projected, info = self._solver.project(V)
-        while info.max_residual > self.tol and self._solver.name in self._chain[:-1]:
+        while info.max_residual > self.effective_tol and self._solver.name in self._chain[:-1]:
             following = self._chain[self._chain.index(self._solver.name) + 1]
             warnings.warn(
                 f"the null-space solver {self._solver.name!r} stopped at residual "
-                f"{info.max_residual:.2e} > tol {self.tol:g}; solver='auto' continues with "
+                f"{info.max_residual:.2e} > tol {self.effective_tol:g}; solver='auto' continues with "
                 f"{following!r}",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            self._solver = build_solver(following, jac, self._settings())
+            settings = dataclasses.replace(self._settings(), tol=self.effective_tol)
+            self._solver = build_solver(following, jac, settings)
             self.solver_used = self._solver.name
             projected, info = self._solver.project(V)
         return projected, info
@@ -335,10 +357,10 @@ class ProjectedPosterior:
                 self._projected = self._solver.project(self._eps)[0]
             info.setup_seconds = self.setup_seconds if not self.infos else 0.0
             self.infos.append(info)
-            if info.max_residual > self.tol:
+            if info.max_residual > self.effective_tol:
                 warnings.warn(
                     f"the null-space projection stopped at residual {info.max_residual:.2e} "
-                    f"> tol {self.tol:g} ({info.solver}, {info.iterations} iterations): the "
+                    f"> tol {self.effective_tol:g} ({info.solver}, {info.iterations} iterations): the "
                     f"samples move the training predictions; {self._fix_hint()}",
                     RuntimeWarning,
                     stacklevel=2,
@@ -502,10 +524,8 @@ class ProjectedPosterior:
         if isinstance(self._solver, ParameterProjection):
             return float(self._solver.rank)
         jac = self._fitted()
-        rows = jac.shape[0]
-        if self.rows == "ggn" and self.likelihood == "classification":
-            rows = jac.n_data * (jac.n_outputs - 1)
-        bound = float(min(rows, jac.shape[1]))
+        softmax_ggn = self.rows == "ggn" and self.likelihood == "classification"
+        bound = float(row_rank_bound(jac, softmax_ggn))
         trace = self.trace_projector(n_samples)
         worst = max((info.max_residual for info in self.infos), default=0.0)
         if self.solver_used in ITERATIVE_SOLVERS and worst > 1e-6:

@@ -1,10 +1,14 @@
 """``compare`` methods ``projected`` and ``loss_projected``: the null-space projected posterior.
 
-Fitted on every training example (the loader is streamed), to a null-space residual
-‖J𝒫ε‖/‖Jε‖ ≤ 1e-3, with the posterior's default solver (the dense NTK Gram when it
-fits the memory budget, Nyström-preconditioned CG otherwise). The prior precision is
-the evidence value α = rank(J)/‖θ*‖² (docs/methods.md §1); the value validation NLL would
-choose is computed and reported beside it, not used.
+Fitted on every training example (the loader is streamed), with the posterior's default
+solver (the dense NTK Gram when it fits the memory budget, block MINRES on the
+matrix-free kernel otherwise). ``projected`` projects onto the null space of the GGN
+rows S_nᵀJ_n (``rows="ggn"``: null(J) and, per example, the shift of all its logits alike)
+to the null-space residual ‖SᵀJ𝒫ε‖/‖SᵀJε‖ ≤ max(1e-3, the residual whose second-order
+training-NLL change per sample is 1e-3: ``nll_tol``), the residual in the norm the
+training NLL moves in; ``loss_projected`` projects the loss gradients to 1e-3. The prior
+precision is the evidence value α = rank/‖θ*‖² (docs/methods.md §1); the value validation
+NLL would choose is computed and reported beside it, not used.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tacitbayes.posteriors.projected import ProjectedPosterior
 from tacitbayes.search import edge_record
 
 PASS_BATCH = 256
+NLL_TOL = 1e-3  # the training-NLL change per sample a stopped projection may leave
 
 
 class PosteriorPredictor:
@@ -38,12 +43,14 @@ class PosteriorPredictor:
 
 
 def _fit(ctx: FitContext, loss_projected: bool) -> PosteriorPredictor:
+    rows = {} if loss_projected else {"rows": "ggn", "nll_tol": NLL_TOL}
     post = ProjectedPosterior(
         ctx.model,
         "classification",
         loss_projected=loss_projected,
         seed=ctx.seed,
         progress=ctx.progress,
+        **rows,
     )
     start = time.perf_counter()
     post.fit(BatchLoader(ctx.data.train, PASS_BATCH))
@@ -54,6 +61,8 @@ def _fit(ctx: FitContext, loss_projected: bool) -> PosteriorPredictor:
         "solver": post.solver_used,
         "n_fit": post.n_fit,
         "null_space_residual": post.infos[0].max_residual,
+        "null_space_tol": post.effective_tol,
+        "rows": post.rows,
         "solver_iterations": post.infos[0].iterations,
         "data_passes": post.infos[0].data_passes,
         "setup_seconds": post.setup_seconds,
