@@ -59,6 +59,26 @@ def test_factor_products_on_a_parameter_subset() -> None:
     _agree(*_pair(model, loader, outputs="ggn", param_names=subset))
 
 
+def test_factors_over_the_memory_budget_are_memory_mapped_and_removed() -> None:
+    import gc
+    import os
+
+    c = case("cnn-bn-residual")
+    loader = LOADERS["dataloader"].make(c)
+    plain = DataJacobian(c.fresh_model(), loader, outputs="ggn")
+    jac = DataJacobian(c.fresh_model(), loader, outputs="ggn")
+    assert jac.hold_factors(0, disk_bytes=2**30)
+    store = jac.factors.store
+    assert store is not None and store.nbytes == jac.factors.nbytes() > 0
+    assert len(os.listdir(store.path)) == store.count > 0
+    _agree(plain, jac)
+    path = store.path
+    del jac, store
+    gc.collect()
+    assert not os.path.exists(path)  # the files go with the factors
+    assert not DataJacobian(c.fresh_model(), loader).hold_factors(0, disk_bytes=100)
+
+
 def test_held_factors_stay_within_the_budget() -> None:
     c = case("mlp")
     jac = DataJacobian(c.fresh_model(), LOADERS["dataloader"].make(c))
@@ -126,10 +146,13 @@ def test_projected_posterior_products_option_is_checked() -> None:
     c = case("mlp")
     with pytest.raises(InputError, match="products must be one of"):
         tb.ProjectedPosterior(c.fresh_model(), products="fast")
-    post = tb.ProjectedPosterior(c.fresh_model(), products="factors", memory_budget=1000)
+    post = tb.ProjectedPosterior(
+        c.fresh_model(), products="factors", memory_budget=1000, disk_budget=0
+    )
     with pytest.raises(InputError, match="over memory_budget"):
         post.fit(LOADERS["dataloader"].make(c))
-    auto = tb.ProjectedPosterior(c.fresh_model(), memory_budget=1000).fit(
-        LOADERS["dataloader"].make(c)
-    )
-    assert auto._jac.factors is None  # over the budget: autograd, as "auto" allows
+    loader = LOADERS["dataloader"].make(c)
+    auto = tb.ProjectedPosterior(c.fresh_model(), memory_budget=1000, disk_budget=0).fit(loader)
+    assert auto._jac.factors is None  # over both budgets: autograd, as "auto" allows
+    mapped = tb.ProjectedPosterior(c.fresh_model(), memory_budget=1000).fit(loader)
+    assert mapped._jac.factors is not None and mapped._jac.factors.store is not None

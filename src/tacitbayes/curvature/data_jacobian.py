@@ -43,6 +43,7 @@ from torch.func import jvp, vjp, vmap
 
 from tacitbayes.batches import Batch, Inputs, map_inputs, n_examples, read_batch, to_model
 from tacitbayes.curvature.factor_products import FactorProducts
+from tacitbayes.curvature.factor_store import FactorFileStore
 from tacitbayes.curvature.losses import get_loss
 from tacitbayes.curvature.ntk import kernel_factors
 from tacitbayes.curvature.operators import (
@@ -270,9 +271,11 @@ class DataJacobian(LinearOperator):
     def _sizes(self) -> dict[str, int]:
         return {name: t.numel() for name, t in self.params.items()}
 
-    def hold_factors(self, max_bytes: int) -> bool:
+    def hold_factors(self, max_bytes: int, disk_bytes: int = 0) -> bool:
         """Keep every batch's per-layer factors when they fit ``max_bytes``; J V, Jᵀ U then use them.
 
+        Factors over ``max_bytes`` but within ``disk_bytes`` (CPU only) go to memory-mapped
+        files of a temporary directory (:class:`FactorFileStore`), removed with them.
         One pass over the data at θ*. The factor products are checked against autograd's
         on the first batch; a model they do not describe (a RuntimeWarning says so) keeps
         the autograd products. Returns whether the factors are held.
@@ -280,11 +283,16 @@ class DataJacobian(LinearOperator):
         if self.factors is not None:
             return True
         try:
-            if self.factor_bytes() > max_bytes:
+            need = self.factor_bytes()
+            on_disk = need > max_bytes
+            if on_disk and (need > disk_bytes or self.device.type != "cpu"):
                 return False
-            factors = FactorProducts(
-                [self._batch_factors(x, y) for x, y in self.iter_batches()], self._sizes()
-            )
+            store = FactorFileStore() if on_disk else None
+            batches = []
+            for x, y in self.iter_batches():  # one batch's factors in memory at a time
+                f = self._batch_factors(x, y)
+                batches.append(store.spill(f) if store is not None else f)
+            factors = FactorProducts(batches, self._sizes(), store=store)
         except InputError:
             return False
         first = next(iter(self.iter_batches()))

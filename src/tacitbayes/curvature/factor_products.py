@@ -49,7 +49,11 @@ def _offsets(sizes: dict[str, int]) -> dict[str, slice]:
 class FactorProducts:
     """J V and Jᵀ U over a list of batches' :class:`KernelFactors` (one layout for all)."""
 
-    def __init__(self, factors: Sequence[KernelFactors], sizes: dict[str, int]) -> None:
+    def __init__(
+        self, factors: Sequence[KernelFactors], sizes: dict[str, int], store: object = None
+    ) -> None:
+        """``store``: what holds memory-mapped factors (kept alive as long as they are)."""
+        self.store = store
         if not factors:
             raise InputError("no batch to build factor products from")
         self.factors = list(factors)

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -117,7 +119,8 @@ class ProjectedPosterior:
         (``max_iters`` 300, ``n_sweeps`` 100, ``projection_batch_size`` 16, ``nystrom_rank``
         2,000, ``memory_budget`` 4 GiB, ``cutoff`` 1e-6, ``krylov`` "cg" or "minres",
         ``products`` "auto", "factors" or "autograd": J V and Jᵀ U from per-layer factors
-        held in memory, where they fit ``memory_budget`` with "auto"); each solver reads
+        held in memory, where they fit ``memory_budget`` with "auto", else memory-mapped
+        from temporary files within ``disk_budget``, 32 GiB); each solver reads
         its own. ``nll_tol`` (rows="ggn", classification or binary): stop the projection
         at the loosest residual whose second-order training-NLL change per sample,
         r²·tr(JᵀΛJ)/(2Nα) with α the evidence precision, is at most ``nll_tol``
@@ -168,6 +171,10 @@ class ProjectedPosterior:
                 f"products must be one of {', '.join(PRODUCTS)}, got {options['products']!r}"
             )
         self.krylov, self.products = options["krylov"], options["products"]
+        disk_budget = options["disk_budget"]
+        if isinstance(disk_budget, bool) or not isinstance(disk_budget, int) or disk_budget < 0:
+            raise InputError(f"disk_budget must be a non-negative integer, got {disk_budget!r}")
+        self.disk_budget = disk_budget
         max_iters, n_sweeps = options["max_iters"], options["n_sweeps"]
         projection_batch_size, cutoff = options["projection_batch_size"], options["cutoff"]
         nystrom_rank, memory_budget = options["nystrom_rank"], options["memory_budget"]
@@ -275,11 +282,14 @@ class ProjectedPosterior:
         """Per-layer factors for the products, as ``products`` asks (InputError where they cannot be)."""
         if self.products == "autograd":
             return
-        if not jac.hold_factors(self.memory_budget) and self.products == "factors":
+        free = shutil.disk_usage(tempfile.gettempdir()).free // 2
+        disk = min(self.disk_budget, free)
+        if not jac.hold_factors(self.memory_budget, disk) and self.products == "factors":
             raise InputError(
                 f"products='factors': the per-layer factors need "
                 f"{jac.factor_bytes() / 2**30:.1f} GiB, over memory_budget "
-                f"({self.memory_budget / 2**30:.1f} GiB), or do not describe this model; "
+                f"({self.memory_budget / 2**30:.1f} GiB) and the disk budget "
+                f"({disk / 2**30:.1f} GiB), or do not describe this model; "
                 "use products='autograd'"
             )
 

@@ -21,6 +21,7 @@ from tacitbayes.errors import InputError
 from tacitbayes.posteriors.null_space import ProjectionInfo
 
 __all__ = [
+    "DEFAULT_DISK_BUDGET",
     "DEFAULT_MEMORY_BUDGET",
     "PRODUCTS",
     "NullSpaceSolver",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes for a solver's matrices
+#: Bytes of held factors that may go to memory-mapped temporary files (at most half the
+#: free space of the temporary directory).
+DEFAULT_DISK_BUDGET = 32 * 2**30
 
 #: How J V and Jᵀ U are computed: from the per-layer factors held in memory
 #: (:meth:`DataJacobian.hold_factors`), by autograd's JVPs and VJPs, or factors where they
@@ -50,6 +54,7 @@ class SolverSettings:
     cutoff: float = 1e-6
     krylov: str = "cg"  # nystrom, gram_float32: "cg" or "minres" (minimises ‖J𝒫v‖ itself)
     products: str = "auto"  # J V, Jᵀ U: "factors" (held per-layer factors), "autograd", "auto"
+    disk_budget: int = DEFAULT_DISK_BUDGET  # held factors beyond memory_budget: mapped files
     seed: int = 0
     progress: bool = False
 
