@@ -111,17 +111,18 @@ class FactorProducts:
             else V[s.weight].reshape(s.d_out, s.d_in, k).permute(1, 2, 0).reshape(s.d_in, -1)
             for s in self.layers
         ]
-        biases = [None if s.bias is None else V[s.bias].T for s in self.layers]
+        biases = [None if s.bias is None else V[s.bias] for s in self.layers]
         explicit = None if self.explicit_index is None else V[self.explicit_index]
         out = []
         for f in self.factors:
             n, o = f.n, f.n_outputs
             rows = V.new_zeros(n, o, k)
+            flat = rows.view(n * o, k)
             for (a, g, _), s, w, b in zip(f.hadamard, self.layers, weights, biases, strict=True):
-                t = (a @ w).view(n, k, s.d_out) if w is not None else V.new_zeros(n, k, s.d_out)
-                if b is not None:
-                    t = t + b
-                rows.baddbmm_(g, t.transpose(1, 2))
+                if w is not None:  # G_n (V_W a_n): one large product, n small ones
+                    rows.baddbmm_(g, (a @ w).view(n, k, s.d_out).transpose(1, 2))
+                if b is not None:  # G_n v_b for every n at once
+                    flat.addmm_(g.reshape(n * o, s.d_out), b)
             if explicit is not None and f.explicit is not None:
                 rows += (f.explicit.reshape(n * o, -1) @ explicit).view(n, o, k)
             out.append(rows.reshape(n * o, k))
@@ -144,11 +145,11 @@ class FactorProducts:
             n, o = f.n, f.n_outputs
             u = U.view(n, o, k)
             for (a, g, _), w, b in zip(f.hadamard, weights, biases, strict=True):
-                m = torch.bmm(g.transpose(1, 2), u)  # (n, d_out, k): G_nᵀ u_n
                 if w is not None:
+                    m = torch.bmm(g.transpose(1, 2), u)  # (n, d_out, k): G_nᵀ u_n
                     w.addmm_(a.T, m.reshape(n, -1))
-                if b is not None:
-                    b += m.sum(0)
+                if b is not None:  # Σ_n G_nᵀ u_n
+                    b.addmm_(g.reshape(n * o, -1).T, U)
             if explicit is not None and f.explicit is not None:
                 explicit.addmm_(f.explicit.reshape(n * o, -1).T, U)
         out = ref.new_zeros(self.n_params, k)
