@@ -156,3 +156,21 @@ def test_nll_tol_needs_ggn_rows() -> None:
         tb.ProjectedPosterior(model, nll_tol=1e-3)
     with pytest.raises(InputError, match="nll_tol must be a positive number"):
         tb.ProjectedPosterior(model, rows="ggn", nll_tol=0.0)
+
+
+def test_evidence_rank_is_the_row_bound_after_an_inexact_solve() -> None:
+    model, x, y, _ = _setup(n=8)
+    rows, _, _ = _dense_ggn_rows(model, x)
+    true_rank = int(torch.linalg.matrix_rank(rows))
+    assert true_rank == 8 * 9  # full row rank N·(O − 1) with P = 190
+    exact = tb.ProjectedPosterior(model, rows="ggn", solver="block", tol=1e-10).fit([(x, y)])
+    # converged: the Hutchinson estimate P − mean ‖𝒫ε‖² (32 samples), near the rank
+    assert abs(exact.rank_estimate(32) - true_rank) < 0.25 * true_rank
+    stopped = tb.ProjectedPosterior(model, rows="ggn", solver="block", tol=1e-10, max_iters=1).fit(
+        [(x, y)]
+    )
+    with pytest.warns(RuntimeWarning, match="stopped at residual"):
+        stopped.projected_noise(32)
+    hutchinson = stopped.n_params - stopped.trace_projector(32)
+    assert hutchinson < 0.6 * true_rank  # one step reaches about 32 of 72 directions
+    assert stopped.rank_estimate(32) == true_rank  # the row bound instead
