@@ -60,4 +60,4 @@ def test_projected_posterior_meets_the_targets_on_digits(tmp_path: Path) -> None
         assert post["ood_auroc_variance"] > kron["ood_auroc_variance"]
         assert post["ood_auroc_mi"] > kron["ood_auroc_mi"]
     mean_gap = sum(r["map"]["accuracy"] - r["projected"]["accuracy"] for r in runs) / len(runs)
-    assert mean_gap <= 0.0
+    assert mean_gap <= 1e-12  # (a sum of equal accuracies in floating point)

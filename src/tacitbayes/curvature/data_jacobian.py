@@ -288,17 +288,18 @@ class DataJacobian(LinearOperator):
             if on_disk and (need > disk_bytes or self.device.type != "cpu"):
                 return False
             store = FactorFileStore() if on_disk else None
-            batches = []
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            v = torch.randn(self.shape[1], 2, generator=gen).to(self.device, self.dtype)
+            batches, want = [], None
             for x, y in self.iter_batches():  # one batch's factors in memory at a time
+                if want is None:  # autograd's J_1 v, to check the factors against
+                    want = self.batch_matmat(Batch(x, y), v)
                 f = self._batch_factors(x, y)
                 batches.append(store.spill(f) if store is not None else f)
             factors = FactorProducts(batches, self._sizes(), store=store)
         except InputError:
             return False
-        first = next(iter(self.iter_batches()))
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        v = torch.randn(self.shape[1], 2, generator=gen).to(self.device, self.dtype)
-        want = self.batch_matmat(first, v)
+        assert want is not None  # FactorProducts refuses an empty list
         got = factors.matmat(v)[0]
         tol = 1e-4 if self.dtype == torch.float32 else 1e-8
         if float((got - want).norm()) > tol * max(float(want.norm()), 1e-30):

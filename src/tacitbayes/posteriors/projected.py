@@ -81,6 +81,8 @@ from tacitbayes.search import check_grid_edge
 __all__ = ["ProjectedPosterior"]
 
 SOLVERS = ("auto", *SOLVER_CLASSES)
+#: Solvers whose iterations are products with the training Jacobian (held factors help).
+FACTOR_SOLVERS = ("nystrom", "block", "krylov", "gram_float32")
 #: Solvers that stop at a residual (their Hutchinson rank estimate is then biased low).
 ITERATIVE_SOLVERS = ("nystrom", "gram_float32", "block", "krylov", "alternating")
 NOT_FITTED = "call fit(train_loader) (or load_state_dict with samples) before using the posterior"
@@ -260,14 +262,17 @@ class ProjectedPosterior:
             raise InputError("solver='alternating' does not run under torch.distributed yet")
         self._jac = self._jacobian(DataPass(train_loader, what="train_loader"))
         self._theta = self._jac.params_flat()
-        self._hold_factors(self._jac)
+        self._chain = (
+            [self.solver] if self.solver != "auto" else auto_chain(self._jac, self._settings())
+        )
+        if self._chain[0] in FACTOR_SOLVERS:
+            self._hold_factors(self._jac)
         self.effective_tol = self.tol
         if self.nll_tol is not None:  # the loosest residual that keeps the training NLL
             bound = row_rank_bound(self._jac, softmax_ggn=self.likelihood == "classification")
             alpha = max(bound, 1) / float(self._theta.pow(2).sum())
             self.effective_tol = max(self.tol, residual_for_nll(self._jac, alpha, self.nll_tol))
         settings = dataclasses.replace(self._settings(), tol=self.effective_tol)
-        self._chain = [self.solver] if self.solver != "auto" else auto_chain(self._jac, settings)
         self._solver = build_solver(self._chain[0], self._jac, settings)
         self.solver_used = self._solver.name
         self._eps = torch.empty(self.n_params, 0, dtype=self._theta.dtype)
@@ -333,6 +338,8 @@ class ProjectedPosterior:
                 stacklevel=2,
             )
             settings = dataclasses.replace(self._settings(), tol=self.effective_tol)
+            if following in FACTOR_SOLVERS:
+                self._hold_factors(jac)
             self._solver = build_solver(following, jac, settings)
             self.solver_used = self._solver.name
             projected, info = self._solver.project(V)
