@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -55,8 +53,7 @@ from tacitbayes.distributed import is_distributed
 from tacitbayes.errors import InputError, NotFittedError
 from tacitbayes.functional import FunctionalModel
 from tacitbayes.likelihoods import sample_predictive
-from tacitbayes.posteriors.contract import check_likelihood, likelihood_loss, tuning_method
-from tacitbayes.posteriors.kernel_projection import KRYLOV
+from tacitbayes.posteriors.contract import likelihood_loss, tuning_method
 from tacitbayes.posteriors.laplace_api import check_prediction, closed_form_output
 from tacitbayes.posteriors.nll_tolerance import residual_for_nll, row_rank_bound
 from tacitbayes.posteriors.null_space import ProjectionInfo, null_space_residual
@@ -64,15 +61,15 @@ from tacitbayes.posteriors.predictive import (
     sample_logits,
     validation_nll,
 )
+from tacitbayes.posteriors.projected_options import (
+    check_options,
+    hold_products,
+)
 from tacitbayes.posteriors.solvers import (
-    PRODUCTS,
     NullSpaceSolver,
     SolverSettings,
     auto_chain,
     build_solver,
-)
-from tacitbayes.posteriors.solvers import (
-    SOLVERS as SOLVER_CLASSES,
 )
 from tacitbayes.posteriors.solvers.gram import GramProjection
 from tacitbayes.posteriors.solvers.parameter import ParameterProjection
@@ -80,20 +77,11 @@ from tacitbayes.search import check_grid_edge
 
 __all__ = ["ProjectedPosterior"]
 
-SOLVERS = ("auto", *SOLVER_CLASSES)
 #: Solvers whose iterations are products with the training Jacobian (held factors help).
 FACTOR_SOLVERS = ("nystrom", "block", "krylov", "gram_float32")
 #: Solvers that stop at a residual (their Hutchinson rank estimate is then biased low).
 ITERATIVE_SOLVERS = ("nystrom", "gram_float32", "block", "krylov", "alternating")
 NOT_FITTED = "call fit(train_loader) (or load_state_dict with samples) before using the posterior"
-
-
-#: The solvers' own options and their defaults (the fields of SolverSettings but tol, seed, progress).
-SOLVER_OPTIONS = {
-    f.name: f.default
-    for f in dataclasses.fields(SolverSettings)
-    if f.name not in ("tol", "seed", "progress")
-}
 
 
 class ProjectedPosterior:
@@ -128,55 +116,13 @@ class ProjectedPosterior:
         r²·tr(JᵀΛJ)/(2Nα) with α the evidence precision, is at most ``nll_tol``
         (:mod:`tacitbayes.posteriors.nll_tolerance`), or at ``tol`` if that is looser;
         the residual used is ``effective_tol``."""
-        check_likelihood(likelihood)
-        if rows not in ("logits", "ggn"):
-            raise InputError(f"rows must be 'logits' or 'ggn', got {rows!r}")
-        if loss_projected and rows != "logits":
-            raise InputError("loss_projected=True projects the loss gradients; leave rows='logits'")
-        if solver not in SOLVERS:
-            raise InputError(f"unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
-        known = set(SOLVER_OPTIONS)
-        unknown = sorted(set(solver_options) - known)
-        if unknown:
-            raise InputError(
-                f"unknown option(s) {unknown}; the solvers' options are {sorted(known)}"
-            )
-        options = {**SOLVER_OPTIONS, **solver_options}
-        for name in (
-            "max_iters",
-            "n_sweeps",
-            "projection_batch_size",
-            "nystrom_rank",
-            "memory_budget",
-        ):
-            value = options[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, got {value!r}")
-        if not tol > 0:
-            raise InputError(f"tol must be positive, got {tol}")
-        if nll_tol is not None:
-            if not (0 < float(nll_tol) < math.inf):
-                raise InputError(f"nll_tol must be a positive number, got {nll_tol!r}")
-            if rows != "ggn" or likelihood == "regression":
-                raise InputError(
-                    "nll_tol needs rows='ggn' with a classification or binary likelihood "
-                    "(the residual is then measured in the norm the training NLL moves in)"
-                )
+        options = check_options(
+            likelihood, solver, rows, loss_projected, tol, nll_tol, solver_options
+        )
         self.nll_tol = None if nll_tol is None else float(nll_tol)
         self.effective_tol = tol
-        if options["krylov"] not in KRYLOV:
-            raise InputError(
-                f"krylov must be one of {', '.join(KRYLOV)}, got {options['krylov']!r}"
-            )
-        if options["products"] not in PRODUCTS:
-            raise InputError(
-                f"products must be one of {', '.join(PRODUCTS)}, got {options['products']!r}"
-            )
         self.krylov, self.products = options["krylov"], options["products"]
-        disk_budget = options["disk_budget"]
-        if isinstance(disk_budget, bool) or not isinstance(disk_budget, int) or disk_budget < 0:
-            raise InputError(f"disk_budget must be a non-negative integer, got {disk_budget!r}")
-        self.disk_budget = disk_budget
+        self.disk_budget = options["disk_budget"]
         max_iters, n_sweeps = options["max_iters"], options["n_sweeps"]
         projection_batch_size, cutoff = options["projection_batch_size"], options["cutoff"]
         nystrom_rank, memory_budget = options["nystrom_rank"], options["memory_budget"]
@@ -284,19 +230,8 @@ class ProjectedPosterior:
         return self
 
     def _hold_factors(self, jac: DataJacobian) -> None:
-        """Per-layer factors for the products, as ``products`` asks (InputError where they cannot be)."""
-        if self.products == "autograd":
-            return
-        free = shutil.disk_usage(tempfile.gettempdir()).free // 2
-        disk = min(self.disk_budget, free)
-        if not jac.hold_factors(self.memory_budget, disk) and self.products == "factors":
-            raise InputError(
-                f"products='factors': the per-layer factors need "
-                f"{jac.factor_bytes() / 2**30:.1f} GiB, over memory_budget "
-                f"({self.memory_budget / 2**30:.1f} GiB) and the disk budget "
-                f"({disk / 2**30:.1f} GiB), or do not describe this model; "
-                "use products='autograd'"
-            )
+        """Per-layer factors for the products, as ``products`` asks (:func:`hold_products`)."""
+        hold_products(jac, self.products, self.memory_budget, self.disk_budget)
 
     @property
     def n_params(self) -> int:
