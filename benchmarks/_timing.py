@@ -6,6 +6,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each function over ``repeats`` rounds that call them in turn."""
@@ -16,3 +18,13 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
             fn()
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of a size² float32 matmul on this machine now: the baseline of a product's speed."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - start) / 1e9

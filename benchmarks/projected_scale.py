@@ -33,6 +33,7 @@ import platform
 import time
 
 import torch
+from _timing import matmul_gflops
 from torch.utils.data import TensorDataset
 
 from tacitbayes import metrics
@@ -45,15 +46,6 @@ from tacitbayes.training import TrainConfig, train_map
 TOL = 1e-3
 PARTS = {"digits": ("digits", None, 30), "fashion10k": ("fashion-mnist", 10_000, 10)}
 PARTS["fashion55k"] = ("fashion-mnist", None, 10)
-
-
-def _matmul_gflops() -> float:
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(3):
-        a @ b
-    return 3 * 2 * 4096**3 / (time.perf_counter() - start) / 1e9
 
 
 def _probs(predict, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +126,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--max-iters", type=int, default=40)
     args = parser.parse_args()
-    peak = _matmul_gflops()
+    peak = matmul_gflops()
     out: dict = {
         "tol": TOL,
         "rows": args.rows,

@@ -24,6 +24,7 @@ import json
 import time
 
 import torch
+from _timing import matmul_gflops
 from torch.utils.data import TensorDataset
 
 from tacitbayes.curvature.data_jacobian import DataJacobian
@@ -40,15 +41,6 @@ def _ranks(eigenvalues: torch.Tensor) -> dict[str, int]:
     ev = eigenvalues.flip(0).clamp_min(0)
     tail = (1 - ev.cumsum(0) / ev.sum()).clamp_min(0).sqrt()
     return {str(r): int((tail > r).sum()) + 1 for r in RESIDUALS}
-
-
-def _matmul_gflops() -> float:
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(3):
-        a @ b
-    return 3 * 2 * 4096**3 / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -101,7 +93,7 @@ def main() -> None:
         "columns": 32,
         "jv_gflops": flops / jv / 1e9,
         "jtu_gflops": flops / jtu / 1e9,
-        "matmul_gflops": _matmul_gflops(),
+        "matmul_gflops": matmul_gflops(),
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(out, indent=1))
